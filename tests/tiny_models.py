@@ -1,0 +1,152 @@
+"""Tiny models built from config, for tests and benchmarks. Nothing is downloaded.
+
+- `make_tiny_llava`: a LLaVA-1.5-layout model (CLIP vision tower + Llama text model), a word-level
+  tokenizer, a CLIP image processor and a `LlavaProcessor` with the LLaVA-1.5 chat template.
+- `make_tiny_clip`: a tiny open_clip model in open_clip's local-dir format.
+
+Weights are random; the models only have to run, not to be good.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+IMAGE_SIZE = 16
+PATCH_SIZE = 4
+SPECIAL_TOKENS = ("<pad>", "<unk>", "<s>", "</s>", "<image>")
+
+_WORDS = """
+. , : ? ! ' user assistant the a an is are was were there this that it its of in on at to with and or but
+image picture photo scene shows show see seen can be has have some one two three four five many several
+no yes not also near next behind front left right top bottom side middle background foreground
+person man woman people child boy girl dog cat horse bird cow sheep elephant bear zebra giraffe
+car bus truck bicycle motorcycle train boat airplane traffic light sign bench chair couch bed table
+cup bottle bowl fork knife spoon plate pizza cake banana apple orange sandwich donut broccoli carrot
+laptop keyboard phone book clock vase tv remote umbrella bag kite ball frisbee skateboard surfboard
+red green blue yellow white black brown gray pink purple orange large small big little tall short
+sitting standing walking running holding eating playing lying parked flying looking wearing riding
+street road grass field water sky tree building room kitchen wall window door floor snow beach
+describe detail detailed what how where who which does do please answer question
+""".split()
+
+
+def _vocab() -> dict[str, int]:
+    words = list(dict.fromkeys(_WORDS))
+    return {tok: i for i, tok in enumerate(list(SPECIAL_TOKENS) + words)}
+
+
+LLAVA_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] != 'system' %}{{ message['role'].upper() + ': ' }}{% endif %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{{ content['text'] + ' ' }}{% endfor %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+
+
+def _make_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.WordLevel(vocab=_vocab(), unk_token="<unk>"))
+    backend.normalizer = normalizers.Lowercase()
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.decoder = decoders.WordPiece(prefix="##", cleanup=True)  # joins words with spaces, glues "."
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        extra_special_tokens={"image_token": "<image>"},
+        padding_side="left",
+        add_bos_token=False,
+    )
+    return tokenizer
+
+
+def make_tiny_llava(out_dir: str | Path, seed: int = 0) -> Path:
+    """Build and save a tiny LLaVA-1.5-layout model + processor into `out_dir`; return the path."""
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = _make_tokenizer()
+    vocab = tokenizer.get_vocab()
+    ids = {name: vocab[name] for name in SPECIAL_TOKENS}
+    vision_config = CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, projection_dim=32,
+    )
+    text_config = LlamaConfig(
+        vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+        bos_token_id=ids["<s>"], eos_token_id=ids["</s>"], pad_token_id=ids["<pad>"],
+        tie_word_embeddings=False,
+    )
+    num_image_tokens = (IMAGE_SIZE // PATCH_SIZE) ** 2
+    config = LlavaConfig(
+        vision_config=vision_config, text_config=text_config, image_token_index=ids["<image>"],
+        image_seq_length=num_image_tokens, vision_feature_select_strategy="default",
+        vision_feature_layer=-2,
+    )
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config).eval()
+    generation_config = model.generation_config
+    generation_config.bos_token_id = ids["<s>"]
+    generation_config.eos_token_id = ids["</s>"]
+    generation_config.pad_token_id = ids["<pad>"]
+    model.save_pretrained(out_dir)
+
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+    )
+    processor = LlavaProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, patch_size=PATCH_SIZE,
+        vision_feature_select_strategy="default", chat_template=LLAVA_CHAT_TEMPLATE,
+        image_token="<image>", num_additional_image_tokens=1,
+    )
+    processor.save_pretrained(out_dir)
+    return out_dir
+
+
+TINY_CLIP_CFG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+def make_tiny_clip(out_dir: str | Path, seed: int = 0) -> Path:
+    """Build and save a tiny open_clip model in local-dir format; load with "local-dir:" + out_dir."""
+    import open_clip
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    model = open_clip.CLIP(**TINY_CLIP_CFG)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, out_dir / "open_clip_model.safetensors")
+    preprocess_cfg = {
+        "size": TINY_CLIP_CFG["vision_cfg"]["image_size"],
+        "mean": [0.48145466, 0.4578275, 0.40821073],
+        "std": [0.26862954, 0.26130258, 0.27577711],
+        "interpolation": "bicubic",
+        "resize_mode": "shortest",
+    }
+    config = {"model_cfg": TINY_CLIP_CFG, "preprocess_cfg": preprocess_cfg}
+    (out_dir / "open_clip_config.json").write_text(json.dumps(config, indent=2))
+    return out_dir

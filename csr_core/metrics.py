@@ -1,0 +1,370 @@
+"""Hallucination metrics: CHAIR (Rohrbach et al. 2018) and POPE (Li et al. 2023), plus per-response measures.
+
+Pure Python: no torch, no I/O. Everything is generic over an `ObjectVocab` (canonical object name -> surface
+forms), so the miniature world and COCO are just two vocabularies.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections import Counter
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Literal
+
+PopeSplit = Literal["random", "popular", "adversarial"]
+POPE_SPLITS: tuple[str, ...] = ("random", "popular", "adversarial")
+
+
+def plural_forms(word: str) -> tuple[str, ...]:
+    """English plural of the last word of a (possibly multi-word) name: dog->dogs, bus->buses, cherry->cherries."""
+    head, _, last = word.rpartition(" ")
+    prefix = head + " " if head else ""
+    if re.search(r"[^aeiou]y$", last):
+        plural = last[:-1] + "ies"
+    elif re.search(r"(s|x|z|ch|sh)$", last):
+        plural = last + "es"
+    else:
+        plural = last + "s"
+    return (prefix + plural,)
+
+
+@dataclass(frozen=True)
+class ObjectVocab:
+    """Canonical object name -> its surface forms (synonyms, plurals; multi-word forms allowed, e.g. "hot dog").
+
+    The canonical name itself always counts as a form. Matching is case-insensitive on word boundaries and
+    prefers the longest form, so "hot dog" is one mention of `hot dog`, not of `dog`.
+    """
+
+    synonyms: Mapping[str, tuple[str, ...]]
+
+    def __post_init__(self) -> None:
+        owner: dict[str, str] = {}
+        for name, forms in self.synonyms.items():
+            if not name.strip():
+                raise ValueError(f"synonyms: empty canonical name {name!r}")
+            for form in (name, *forms):
+                key = _normalise(form)
+                if not key:
+                    raise ValueError(f"synonyms[{name!r}]: empty surface form {form!r}")
+                if owner.setdefault(key, name) != name:
+                    raise ValueError(f"synonyms: form {form!r} belongs to both {owner[key]!r} and {name!r}")
+
+    @classmethod
+    def from_names(
+        cls, names: Collection[str], synonyms: Mapping[str, Collection[str]] | None = None, plurals: bool = True
+    ) -> ObjectVocab:
+        """Vocabulary from canonical names, optional extra synonyms, and (by default) regular plurals of all."""
+        synonyms = synonyms or {}
+        table: dict[str, tuple[str, ...]] = {}
+        for name in names:
+            forms = [name, *synonyms.get(name, ())]
+            if plurals:
+                forms += [p for f in list(forms) for p in plural_forms(f)]
+            table[name] = tuple(dict.fromkeys(f for f in forms if f != name))
+        return cls(table)
+
+    @property
+    def objects(self) -> tuple[str, ...]:
+        return tuple(self.synonyms)
+
+    @cached_property
+    def _form_to_object(self) -> dict[str, str]:
+        return {_normalise(f): name for name, forms in self.synonyms.items() for f in (name, *forms)}
+
+    @cached_property
+    def _pattern(self) -> re.Pattern[str]:
+        forms = sorted(self._form_to_object, key=lambda f: (-len(f), f))
+        alternation = "|".join(re.escape(f).replace(r"\ ", r"\s+") for f in forms)
+        return re.compile(rf"(?<![\w-])(?:{alternation})(?![\w-])", re.IGNORECASE)
+
+    def mentions(self, text: str) -> list[str]:
+        """Canonical objects named in `text`, in order of first mention, deduplicated."""
+        found = (self._form_to_object[_normalise(m.group(0))] for m in self._pattern.finditer(text))
+        return list(dict.fromkeys(found))
+
+
+def _normalise(form: str) -> str:
+    return " ".join(form.lower().split())
+
+
+# ---------------------------------------------------------------- CHAIR
+
+
+@dataclass(frozen=True)
+class ChairResult:
+    """CHAIR over a set of responses.
+
+    chair_s: share of responses naming at least one absent object.
+    chair_i: hallucinated mentions / all mentions (each object counted once per response).
+    recall:  named present objects / all present objects (summed over responses).
+    """
+
+    chair_s: float
+    chair_i: float
+    recall: float
+    n_responses: int
+    n_mentions: int
+    n_hallucinated: int
+    n_present: int
+    n_present_named: int
+
+
+def hallucinated_objects(response: str, truth: Collection[str], vocab: ObjectVocab) -> list[str]:
+    """Objects the response names that are not in the image's ground truth, in order of mention."""
+    present = set(truth)
+    return [obj for obj in vocab.mentions(response) if obj not in present]
+
+
+def chair(responses: Sequence[str], truths: Sequence[Collection[str]], vocab: ObjectVocab) -> ChairResult:
+    """CHAIR_S and CHAIR_I (Rohrbach et al. 2018) and object recall.
+
+    Unlike Rohrbach's script, an object repeated within one response counts once (mentions are deduplicated);
+    the two agree whenever responses do not repeat objects. Ratios with an empty denominator are 0.0.
+    """
+    _check_same_length(responses=responses, truths=truths)
+    n_mentions = n_hallucinated = n_bad_responses = n_present = n_present_named = 0
+    for response, truth in zip(responses, truths):
+        named = vocab.mentions(response)
+        present = set(truth)
+        bad = [obj for obj in named if obj not in present]
+        n_mentions += len(named)
+        n_hallucinated += len(bad)
+        n_bad_responses += bool(bad)
+        n_present += len(present)
+        n_present_named += len(present.intersection(named))
+    return ChairResult(
+        chair_s=_ratio(n_bad_responses, len(responses)),
+        chair_i=_ratio(n_hallucinated, n_mentions),
+        recall=_ratio(n_present_named, n_present),
+        n_responses=len(responses),
+        n_mentions=n_mentions,
+        n_hallucinated=n_hallucinated,
+        n_present=n_present,
+        n_present_named=n_present_named,
+    )
+
+
+def theme_share(
+    responses: Sequence[str],
+    truths: Sequence[Collection[str]],
+    theme_objects: Sequence[Collection[str]],
+    vocab: ObjectVocab,
+) -> float | None:
+    """Share of hallucinated objects that belong to their scene's theme (e.g. a fork hallucinated in a kitchen).
+
+    `theme_objects[i]` is the set of objects typical of item i's theme. None when nothing was hallucinated.
+    """
+    _check_same_length(responses=responses, truths=truths, theme_objects=theme_objects)
+    n_bad = n_in_theme = 0
+    for response, truth, theme in zip(responses, truths, theme_objects):
+        bad = hallucinated_objects(response, truth, vocab)
+        n_bad += len(bad)
+        n_in_theme += sum(obj in theme for obj in bad)
+    return n_in_theme / n_bad if n_bad else None
+
+
+def mean_word_count(responses: Sequence[str]) -> float:
+    """Mean response length in whitespace-separated words (0.0 for no responses)."""
+    return _ratio(sum(len(r.split()) for r in responses), len(responses))
+
+
+def mean(values: Sequence[float]) -> float:
+    """Plain mean, 0.0 when empty (e.g. mean CLIP image relevance of responses, computed by the caller)."""
+    return _ratio(sum(values), len(values))
+
+
+# ---------------------------------------------------------------- preference accuracy
+
+
+@dataclass(frozen=True)
+class PreferenceAccuracy:
+    """How often the selected `chosen` response hallucinates less than its `rejected` one.
+
+    accuracy = n_better / n_pairs, over pairs whose texts differ (identical pairs carry no preference).
+    Ties (both name the same number of absent objects) count against accuracy; n_tied reports them.
+    """
+
+    accuracy: float
+    n_pairs: int
+    n_better: int
+    n_tied: int
+    n_worse: int
+
+
+def preference_accuracy(
+    chosen_texts: Sequence[str],
+    rejected_texts: Sequence[str],
+    truths: Sequence[Collection[str]],
+    vocab: ObjectVocab,
+) -> PreferenceAccuracy:
+    _check_same_length(chosen_texts=chosen_texts, rejected_texts=rejected_texts, truths=truths)
+    better = tied = worse = 0
+    for chosen, rejected, truth in zip(chosen_texts, rejected_texts, truths):
+        if chosen == rejected:
+            continue
+        diff = len(hallucinated_objects(rejected, truth, vocab)) - len(hallucinated_objects(chosen, truth, vocab))
+        better += diff > 0
+        tied += diff == 0
+        worse += diff < 0
+    n_pairs = better + tied + worse
+    return PreferenceAccuracy(_ratio(better, n_pairs), n_pairs, better, tied, worse)
+
+
+# ---------------------------------------------------------------- POPE
+
+
+def parse_yes_no(answer: str) -> bool:
+    """POPE's answer parsing (RUCAIBox/POPE evaluate.py): True for "yes".
+
+    Keep the text before the first '.', drop commas, split on single spaces; the answer is "no" if one of
+    the words is exactly "No", "no" or "not", otherwise "yes". Faithfully quirky: "NO" or "No!" parse as yes.
+    """
+    first_sentence = answer.split(".")[0]
+    words = first_sentence.replace(",", "").split(" ")
+    return not any(w in ("No", "no", "not") for w in words)
+
+
+@dataclass(frozen=True)
+class PopeResult:
+    """POPE metrics with "yes" as the positive class. precision/recall/f1 are 0.0 when undefined."""
+
+    accuracy: float
+    precision: float
+    recall: float
+    f1: float
+    yes_ratio: float
+    n: int
+    tp: int
+    fp: int
+    tn: int
+    fn: int
+
+
+def pope_metrics(answers: Sequence[str], labels: Sequence[bool]) -> PopeResult:
+    """Accuracy, precision, recall, F1 and yes-ratio of free-text answers against yes(True)/no(False) labels."""
+    _check_same_length(answers=answers, labels=labels)
+    predictions = [parse_yes_no(a) for a in answers]
+    tp = sum(p and y for p, y in zip(predictions, labels))
+    fp = sum(p and not y for p, y in zip(predictions, labels))
+    tn = sum(not p and not y for p, y in zip(predictions, labels))
+    fn = sum(not p and y for p, y in zip(predictions, labels))
+    precision, recall = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
+    return PopeResult(
+        accuracy=_ratio(tp + tn, len(labels)),
+        precision=precision,
+        recall=recall,
+        f1=_ratio(2 * precision * recall, precision + recall),
+        yes_ratio=_ratio(tp + fp, len(labels)),
+        n=len(labels),
+        tp=tp,
+        fp=fp,
+        tn=tn,
+        fn=fn,
+    )
+
+
+@dataclass(frozen=True)
+class PopeItem:
+    item_id: str
+    objects: frozenset[str]
+
+
+@dataclass(frozen=True)
+class PopeQuestion:
+    item_id: str
+    object: str
+    label: bool  # True: the object is in the image
+
+    def text(self, template: str = "Is there {article} {object} in the image?") -> str:
+        article = "an" if self.object[:1].lower() in "aeiou" else "a"
+        return template.format(article=article, object=self.object)
+
+
+def object_frequency(items: Sequence[PopeItem]) -> Counter[str]:
+    """In how many items each object is present."""
+    return Counter(obj for item in items for obj in item.objects)
+
+
+def cooccurrence(items: Sequence[PopeItem]) -> dict[str, Counter[str]]:
+    """cooccurrence[a][b]: in how many items a and b are both present (a != b)."""
+    table: dict[str, Counter[str]] = {}
+    for item in items:
+        for a in item.objects:
+            table.setdefault(a, Counter()).update(b for b in item.objects if b != a)
+    return table
+
+
+def pope_questions(
+    items: Sequence[PopeItem],
+    all_objects: Collection[str],
+    split: PopeSplit,
+    n_per_item: int,
+    seed: int,
+    *,
+    frequency: Mapping[str, int] | None = None,
+    cooccur: Mapping[str, Mapping[str, int]] | None = None,
+) -> list[PopeQuestion]:
+    """POPE's polling questions: per item, up to `n_per_item` present objects (label yes) and as many absent ones.
+
+    Negatives as in Li et al. 2023: "random" samples uniformly among absent objects; "popular" takes the absent
+    objects most frequent over `items`; "adversarial" takes the absent objects that co-occur most with the
+    item's present ones. Frequency and co-occurrence are counted over `items` unless given. Ties break by name.
+    Items without present objects are skipped. Questions alternate yes/no within an item.
+    """
+    if split not in POPE_SPLITS:
+        raise ValueError(f"split: expected one of {POPE_SPLITS}, got {split!r}")
+    if n_per_item < 1:
+        raise ValueError(f"n_per_item: must be >= 1, got {n_per_item}")
+    rng = random.Random(seed)
+    frequency = object_frequency(items) if frequency is None else frequency
+    cooccur = cooccurrence(items) if cooccur is None else cooccur
+    universe = sorted(set(all_objects))
+    questions: list[PopeQuestion] = []
+    for item in items:
+        present = sorted(item.objects)
+        absent = [obj for obj in universe if obj not in item.objects]
+        k = min(n_per_item, len(present), len(absent))
+        if k == 0:
+            continue
+        positives = rng.sample(present, k)
+        negatives = _pope_negatives(split, present, absent, k, rng, frequency, cooccur)
+        for pos, neg in zip(positives, negatives):
+            questions += [PopeQuestion(item.item_id, pos, True), PopeQuestion(item.item_id, neg, False)]
+    return questions
+
+
+def _pope_negatives(
+    split: str,
+    present: list[str],
+    absent: list[str],
+    k: int,
+    rng: random.Random,
+    frequency: Mapping[str, int],
+    cooccur: Mapping[str, Mapping[str, int]],
+) -> list[str]:
+    if split == "random":
+        return rng.sample(absent, k)
+    if split == "popular":
+        return sorted(absent, key=lambda obj: (-frequency.get(obj, 0), obj))[:k]
+
+    def together(obj: str) -> int:
+        return sum(cooccur.get(p, {}).get(obj, 0) for p in present)
+
+    return sorted(absent, key=lambda obj: (-together(obj), obj))[:k]
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    return numerator / denominator if denominator else 0.0
+
+
+def _check_same_length(**sequences: Sequence) -> None:
+    lengths = {name: len(seq) for name, seq in sequences.items()}
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f"length mismatch: {lengths}")

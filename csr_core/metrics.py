@@ -55,7 +55,10 @@ class ObjectVocab:
 
     @classmethod
     def from_names(
-        cls, names: Collection[str], synonyms: Mapping[str, Collection[str]] | None = None, plurals: bool = True
+        cls,
+        names: Collection[str],
+        synonyms: Mapping[str, Collection[str]] | None = None,
+        plurals: bool = True,
     ) -> ObjectVocab:
         """Vocabulary from canonical names, optional extra synonyms, and (by default) regular plurals of all."""
         synonyms = synonyms or {}
@@ -206,7 +209,8 @@ def preference_accuracy(
     for chosen, rejected, truth in zip(chosen_texts, rejected_texts, truths):
         if chosen == rejected:
             continue
-        diff = len(hallucinated_objects(rejected, truth, vocab)) - len(hallucinated_objects(chosen, truth, vocab))
+        n_chosen_bad = len(hallucinated_objects(chosen, truth, vocab))
+        diff = len(hallucinated_objects(rejected, truth, vocab)) - n_chosen_bad
         better += diff > 0
         tied += diff == 0
         worse += diff < 0

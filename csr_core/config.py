@@ -1,0 +1,106 @@
+"""Config dataclasses of the stages that are not algorithm-specific.
+
+The algorithm stages keep theirs next to their code: `SearchConfig` (csr_core.tree), `RewardConfig`
+(csr_core.reward), `WorldConfig` (csr_core.world.config), `DPOConfig` (csr_core.dpo_config).
+Every field is a plain JSON type so a config can be hashed into a stage key and stored.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+WORLD = "world"  # stands for "the miniature world's artifact" in path-like fields
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+@dataclass(frozen=True)
+class PromptConfig:
+    """Where prompts come from and how many each round samples.
+
+    `source` is "world" (the miniature world's prompt pool) or a JSON file in the CSR prompt format
+    (`[{"id", "image", "input"}]`), with images under `image_dir`.
+    """
+
+    source: str = WORLD
+    image_dir: str = ""
+    n_per_round: int = 64
+    seed: int = 0
+
+    def __post_init__(self):
+        _require(self.n_per_round > 0, f"prompts.n_per_round must be positive, got {self.n_per_round}")
+        _require(bool(self.source), "prompts.source must be 'world' or a path to a prompt JSON file")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The VLM to improve: "world" or a local `save_pretrained` directory of a LLaVA-family model."""
+
+    path: str = WORLD
+    dtype: str = "float32"
+    trust_remote_code: bool = False
+
+    def __post_init__(self):
+        _require(self.dtype in DTYPES, f"model.dtype must be one of {DTYPES}, got {self.dtype!r}")
+
+
+@dataclass(frozen=True)
+class RelevanceConfig:
+    """The image-relevance scorer: "world" or an open_clip local-dir model."""
+
+    model_dir: str = WORLD
+    batch_size: int = 256
+
+    def __post_init__(self):
+        _require(self.batch_size > 0, f"relevance.batch_size must be positive, got {self.batch_size}")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Held-out evaluation: CHAIR on descriptions (greedy and sampled), POPE, relevance.
+
+    `source` is "world" or a JSON file `[{"id", "image", "objects": [...], "theme"?}]` with images under
+    `image_dir` and an object vocabulary (`{canonical: [surface forms]}`) in `vocab`.
+    """
+
+    source: str = WORLD
+    image_dir: str = ""
+    vocab: str = ""
+    n_items: int = 200
+    n_samples: int = 3
+    temperature: float = 1.0
+    max_new_tokens: int = 96
+    instruction: str = "Describe the image."
+    pope_splits: tuple[str, ...] = ("random", "popular", "adversarial")
+    pope_per_item: int = 2
+    batch_size: int = 32
+    seed: int = 0
+
+    def __post_init__(self):
+        _require(self.n_items > 0, f"eval.n_items must be positive, got {self.n_items}")
+        _require(self.n_samples >= 0, f"eval.n_samples must be >= 0, got {self.n_samples}")
+        _require(self.temperature > 0, f"eval.temperature must be positive, got {self.temperature}")
+        _require(self.max_new_tokens > 0, f"eval.max_new_tokens must be positive, got {self.max_new_tokens}")
+        bad = set(self.pope_splits) - {"random", "popular", "adversarial"}
+        _require(not bad, f"eval.pope_splits: unknown split(s) {sorted(bad)}")
+        _require(self.pope_per_item >= 0, f"eval.pope_per_item must be >= 0, got {self.pope_per_item}")
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """How to run, not what to compute: excluded from stage keys."""
+
+    device: str = "cpu"
+    chunk_size: int = 8  # prompts per batch and per committed write
+    threads: int = 0  # torch threads; 0 keeps torch's default
+    progress: bool = True
+
+    def __post_init__(self):
+        _require(self.device in DEVICES, f"runtime.device must be one of {DEVICES}, got {self.device!r}")
+        _require(self.chunk_size > 0, f"runtime.chunk_size must be positive, got {self.chunk_size}")
+        _require(self.threads >= 0, f"runtime.threads must be >= 0, got {self.threads}")

@@ -1,0 +1,119 @@
+"""Reads and writes of stage artifacts. Each write replaces a slice in one transaction."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import pandas as pd
+
+from storage.stages import record_items
+from storage.store import Store, insert_df, replace_slice
+
+
+def write_items(
+    store: Store,
+    table: str,
+    key: str,
+    frame: pd.DataFrame,
+    done: list[str],
+    failed: dict[str, str] | None = None,
+    item_column: str = "prompt_id",
+) -> int:
+    """Replace the rows of items `done + failed` in `table` for stage `key`, mark them finished.
+
+    Used by the item-wise stages (generation, relevance): a chunk of items lands whole or not at all,
+    so a rerun after a crash resumes exactly at the first unfinished item, with no duplicates.
+    """
+    ids = list(done) + list(failed or {})
+    with store.transaction() as con:
+        con.execute(
+            f"DELETE FROM {table} WHERE stage_key = ? AND {item_column} IN (SELECT unnest(?))", [key, ids]
+        )
+        n = insert_df(con, table, frame.assign(stage_key=key) if not frame.empty else frame)
+        record_items(con, key, done, failed)
+    return n
+
+
+def replace_stage_rows(store: Store, table: str, key: str, frame: pd.DataFrame) -> int:
+    """Replace everything stage `key` wrote to `table`."""
+    with store.transaction() as con:
+        return replace_slice(con, table, frame.assign(stage_key=key), {"stage_key": key})
+
+
+def rows_for(store: Store, table: str, key: str, order_by: str = "") -> pd.DataFrame:
+    order = f" ORDER BY {order_by}" if order_by else ""
+    return store.df(f"SELECT * FROM {table} WHERE stage_key = ?{order}", [key])
+
+
+# -- prompts ---------------------------------------------------------------------------------
+def read_prompts(store: Store, key: str, ok_only: bool = True) -> pd.DataFrame:
+    where = " AND status = 'ok'" if ok_only else ""
+    return store.df(f"SELECT * FROM prompts WHERE stage_key = ?{where} ORDER BY prompt_id", [key])
+
+
+# -- tree and relevance ----------------------------------------------------------------------
+def read_tree(store: Store, key: str, prompt_ids: list[str] | None = None) -> pd.DataFrame:
+    sql = "SELECT * FROM tree_nodes WHERE stage_key = ?"
+    params: list = [key]
+    if prompt_ids is not None:
+        sql += " AND prompt_id IN (SELECT unnest(?))"
+        params.append(list(prompt_ids))
+    return store.df(sql + " ORDER BY prompt_id, node_id", params)
+
+
+def read_scored_tree(store: Store, tree_key: str, relevance_key: str) -> pd.DataFrame:
+    """Tree nodes with their raw relevance cosine (NULL for the root)."""
+    return store.df(
+        "SELECT n.*, r.cosine FROM tree_nodes n LEFT JOIN relevance_scores r "
+        "ON r.stage_key = ? AND r.prompt_id = n.prompt_id AND r.node_id = n.node_id "
+        "WHERE n.stage_key = ? ORDER BY n.prompt_id, n.node_id",
+        [relevance_key, tree_key],
+    )
+
+
+# -- pairs -----------------------------------------------------------------------------------
+def write_pairs(store: Store, key: str, paths: pd.DataFrame, pairs: pd.DataFrame) -> int:
+    with store.transaction() as con:
+        replace_slice(con, "path_rewards", paths.assign(stage_key=key), {"stage_key": key})
+        return replace_slice(con, "preference_pairs", pairs.assign(stage_key=key), {"stage_key": key})
+
+
+def read_pairs(store: Store, pairs_key: str) -> pd.DataFrame:
+    return store.df("SELECT * FROM preference_pairs_v WHERE pairs_key = ? ORDER BY prompt_id", [pairs_key])
+
+
+# -- models and training ---------------------------------------------------------------------
+def register_model(store: Store, model_key: str, path: str, round_: int,
+                   parent_key: str | None = None, pairs_key: str | None = None) -> None:
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    with store.transaction() as con:
+        con.execute(
+            "INSERT INTO models VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (model_key) DO UPDATE SET "
+            "path = excluded.path, parent_key = excluded.parent_key, pairs_key = excluded.pairs_key, "
+            "round = excluded.round",
+            [model_key, path, parent_key, pairs_key, round_, now],
+        )
+
+
+def model_path(store: Store, model_key: str) -> str | None:
+    return store.scalar("SELECT path FROM models WHERE model_key = ?", [model_key])
+
+
+def append_training_metrics(store: Store, key: str, step: int, metrics: dict[str, float]) -> None:
+    """Idempotent per step: a resumed training that logs a step again replaces it."""
+    frame = pd.DataFrame({"stage_key": key, "step": step, "name": list(metrics),
+                          "value": [float(v) for v in metrics.values()]})
+    with store.transaction() as con:
+        con.execute("DELETE FROM training_metrics WHERE stage_key = ? AND step = ?", [key, step])
+        insert_df(con, "training_metrics", frame)
+
+
+def write_training_run(store: Store, key: str, record: dict) -> None:
+    with store.transaction() as con:
+        replace_slice(con, "training_runs", pd.DataFrame([{**record, "stage_key": key}]), {"stage_key": key})
+
+
+# -- evaluation ------------------------------------------------------------------------------
+def write_eval(store: Store, key: str, results: pd.DataFrame, responses: pd.DataFrame) -> None:
+    with store.transaction() as con:
+        replace_slice(con, "eval_results", results.assign(stage_key=key), {"stage_key": key})
+        replace_slice(con, "eval_responses", responses.assign(stage_key=key), {"stage_key": key})

@@ -1,0 +1,124 @@
+"""Settings of the DPO stage (LoRA DPO with TRL). Pure: plain JSON-typed fields, validated on construction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+# The language model's linear layers of a LLaVA/Llama model: the paper's code puts LoRA on every linear layer
+# of the LLM (LLaVA's `find_all_linear_names`: not the vision tower, not the projector, not lm_head).
+LLAMA_LINEAR_LAYERS: tuple[str, ...] = (
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+)
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+LR_SCHEDULERS: tuple[str, ...] = ("cosine", "linear", "constant", "constant_with_warmup")
+
+
+@dataclass(frozen=True)
+class DPOConfig:
+    """One round of DPO with a LoRA adapter on the policy; the reference is the frozen policy itself.
+
+    lora_target_modules are module *names* (last path component); lora_scope restricts them to modules whose
+    path contains that component (e.g. "language_model"), so the vision tower's q/k/v projections stay frozen.
+    An empty lora_scope targets the names anywhere in the model.
+    max_steps > 0 overrides num_epochs (useful for smoke runs).
+    """
+
+    beta: float = 0.1
+    learning_rate: float = 1e-7
+    num_epochs: float = 1.0
+    max_steps: int = -1
+    batch_size: int = 1
+    grad_accum: int = 1
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    lr_scheduler: str = "cosine"
+    max_grad_norm: float = 1.0
+    lora_r: int = 128
+    lora_alpha: int = 256
+    lora_dropout: float = 0.05
+    lora_target_modules: tuple[str, ...] = LLAMA_LINEAR_LAYERS
+    lora_scope: str = "language_model"
+    max_length: int = 1024
+    seed: int = 0
+    save_steps: int = 100
+    save_total_limit: int = 2
+    gradient_checkpointing: bool = True
+    bf16: bool = True  # used only on CUDA; CPU always trains in float32
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        _positive(
+            self, "beta", "learning_rate", "num_epochs", "batch_size", "grad_accum", "lora_r", "lora_alpha"
+        )
+        _positive(self, "max_length", "save_steps", "save_total_limit", "max_grad_norm")
+        _in_unit_interval(self, "lora_dropout", "warmup_ratio")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay: must be >= 0, got {self.weight_decay!r}")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ValueError(f"max_steps: must be -1 (use num_epochs) or > 0, got {self.max_steps!r}")
+        if isinstance(self.lora_target_modules, str) or not self.lora_target_modules:
+            raise ValueError(
+                f"lora_target_modules: must be a non-empty tuple of names, got {self.lora_target_modules!r}"
+            )
+        if not all(isinstance(m, str) and m.isidentifier() for m in self.lora_target_modules):
+            raise ValueError(
+                f"lora_target_modules: names must be identifiers, got {self.lora_target_modules!r}"
+            )
+        object.__setattr__(self, "lora_target_modules", tuple(self.lora_target_modules))  # lists from YAML
+        if self.device not in DEVICES:
+            raise ValueError(f"device: expected one of {DEVICES}, got {self.device!r}")
+        if self.lr_scheduler not in LR_SCHEDULERS:
+            raise ValueError(f"lr_scheduler: expected one of {LR_SCHEDULERS}, got {self.lr_scheduler!r}")
+
+    @classmethod
+    def paper(cls) -> DPOConfig:
+        """Settings of the paper's training script (scripts/run_train.sh in YiyangZhou/CSR) for LLaVA-1.5."""
+        return cls()
+
+    @classmethod
+    def world(cls) -> DPOConfig:
+        """CPU preset for the miniature world's tiny LLaVA: small LoRA, a learning rate a tiny model can feel."""
+        return cls(
+            learning_rate=5e-5,
+            num_epochs=2.0,
+            batch_size=4,
+            warmup_ratio=0.0,
+            lr_scheduler="constant",
+            lora_r=16,
+            lora_alpha=32,
+            lora_dropout=0.0,
+            max_length=512,
+            save_steps=20,
+            gradient_checkpointing=False,
+            bf16=False,
+            device="cpu",
+        )
+
+    def with_overrides(self, **changes: object) -> DPOConfig:
+        return replace(self, **changes)
+
+    def lora_target_regex(self) -> str:
+        """PEFT `target_modules` regex (full match against module paths) for the configured names and scope."""
+        names = "|".join(self.lora_target_modules)
+        scope = rf".*\b{self.lora_scope}\b.*" if self.lora_scope else ".*"
+        return rf"{scope}\.({names})"
+
+
+def _positive(cfg: DPOConfig, *fields: str) -> None:
+    for name in fields:
+        value = getattr(cfg, name)
+        if not value > 0:
+            raise ValueError(f"{name}: must be > 0, got {value!r}")
+
+
+def _in_unit_interval(cfg: DPOConfig, *fields: str) -> None:
+    for name in fields:
+        value = getattr(cfg, name)
+        if not 0 <= value < 1:
+            raise ValueError(f"{name}: must be in [0, 1), got {value!r}")

@@ -1,0 +1,164 @@
+"""DPO on the tiny LLaVA: one logged step, resume after an interruption, LoRA merge round-trip, TRL export."""
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from tiny_models import make_tiny_llava
+from transformers import TrainerCallback
+
+from csr_core.dpo_config import DPOConfig
+from training.dpo import lora_config, merge_adapter, train_dpo, trl_args
+from training.export import export_trl
+from training.pairs import PreferencePair
+
+COLOURS = ("red", "blue", "green", "white")
+FAST = DPOConfig.world().with_overrides(batch_size=2, max_length=96, save_steps=1, learning_rate=1e-3)
+
+
+@pytest.fixture(scope="module")
+def tiny_llava(tmp_path_factory):
+    torch.set_num_threads(2)
+    return make_tiny_llava(tmp_path_factory.mktemp("tiny_llava"))
+
+
+@pytest.fixture(scope="module")
+def pairs():
+    return [
+        PreferencePair(
+            image=Image.new("RGB", (20, 16), colour),
+            prompt="<image>\nDescribe the image in detail.",
+            chosen=f"a {colour} wall and a dog.",
+            rejected="a dog and a cat on a bus near a tree.",
+        )
+        for colour in COLOURS
+    ]
+
+
+def test_one_step_logs_metrics_and_saves_adapter(tiny_llava, pairs, tmp_path):
+    logs = []
+    result = train_dpo(tiny_llava, pairs, FAST.with_overrides(max_steps=1), tmp_path, on_log=logs.append)
+    assert [record["step"] for record in logs] == [1]
+    for key in (
+        "loss",
+        "rewards/chosen",
+        "rewards/rejected",
+        "rewards/margins",
+        "rewards/accuracies",
+        "epoch",
+    ):
+        assert key in logs[0]
+    assert logs[0]["loss"] == pytest.approx(0.6931, abs=1e-3)  # policy == reference at step 1: loss = ln 2
+    assert result.steps == 1 and result.resumed_from_step == 0
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+    assert not list((tmp_path / "adapter").glob("*.bin"))
+
+    rerun_logs = []
+    again = train_dpo(tiny_llava, pairs, FAST.with_overrides(max_steps=1), tmp_path, on_log=rerun_logs.append)
+    assert again == result and rerun_logs == []  # a finished round is not trained again
+    assert json.loads((tmp_path / "result.json").read_text())["steps"] == 1
+
+
+def test_lora_targets_only_language_model_linears(tiny_llava, pairs, tmp_path):
+    train_dpo(tiny_llava, pairs, FAST.with_overrides(max_steps=1), tmp_path)
+    names = load_file(tmp_path / "adapter" / "adapter_model.safetensors").keys()
+    assert names and all(".language_model." in name for name in names)
+    assert {name.split(".")[-3] for name in names} == set(FAST.lora_target_modules)
+
+
+class _CrashAfterSaving(TrainerCallback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise KeyboardInterrupt("simulated interruption")
+
+
+def test_interrupted_training_resumes_from_last_checkpoint(tiny_llava, pairs, tmp_path):
+    cfg = FAST.with_overrides(max_steps=4)
+    straight = train_dpo(tiny_llava, pairs, cfg, tmp_path / "straight")
+
+    with pytest.raises(KeyboardInterrupt):
+        train_dpo(tiny_llava, pairs, cfg, tmp_path / "resumed", callbacks=[_CrashAfterSaving(2)])
+    assert (tmp_path / "resumed" / "checkpoints" / "checkpoint-2").is_dir()
+    assert not (tmp_path / "resumed" / "result.json").exists()
+
+    logs = []
+    resumed = train_dpo(tiny_llava, pairs, cfg, tmp_path / "resumed", on_log=logs.append)
+    assert resumed.resumed_from_step == 2
+    assert [record["step"] for record in logs] == [3, 4]
+    assert resumed.steps == straight.steps == 4
+    straight_weights = load_file(f"{straight.adapter_dir}/adapter_model.safetensors")
+    resumed_weights = load_file(f"{resumed.adapter_dir}/adapter_model.safetensors")
+    assert straight_weights.keys() == resumed_weights.keys()
+    for name, weight in straight_weights.items():
+        torch.testing.assert_close(resumed_weights[name], weight, rtol=0, atol=1e-6)
+
+
+def _greedy(model, processor, image):
+    prompt = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "describe the image."}]}],
+        add_generation_prompt=True,
+    )
+    inputs = processor(images=image, text=prompt, return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(
+            **inputs, max_new_tokens=6, do_sample=False, output_logits=True, return_dict_in_generate=True
+        )
+    return out.sequences[0, inputs["input_ids"].shape[1] :], torch.stack(out.logits)
+
+
+def test_merged_model_generates_like_adapter_on_base(tiny_llava, pairs, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    trained = train_dpo(
+        tiny_llava, pairs, FAST.with_overrides(max_steps=2, learning_rate=1e-2), tmp_path / "r1"
+    )
+    merged_dir = merge_adapter(tiny_llava, trained.adapter_dir, tmp_path / "merged")
+    assert (merged_dir / "model.safetensors").is_file() and (merged_dir / "processor_config.json").is_file()
+
+    processor = AutoProcessor.from_pretrained(merged_dir)
+    load = AutoModelForImageTextToText.from_pretrained
+    merged = load(merged_dir).eval()
+    with_adapter = PeftModel.from_pretrained(load(tiny_llava), trained.adapter_dir).eval()
+    base = load(tiny_llava).eval()
+    image = pairs[0].image
+
+    merged_tokens, merged_logits = _greedy(merged, processor, image)
+    adapter_tokens, adapter_logits = _greedy(with_adapter, processor, image)
+    _, base_logits = _greedy(base, processor, image)
+    assert merged_tokens.tolist() == adapter_tokens.tolist()
+    torch.testing.assert_close(merged_logits, adapter_logits, rtol=1e-4, atol=1e-5)
+    assert (merged_logits[0] - base_logits[0]).abs().max() > 1e-3  # the adapter changed the model
+
+
+def test_export_loads_with_datasets_and_trains_one_dpo_step(tiny_llava, pairs, tmp_path):
+    from datasets import load_dataset
+    from trl import DPOTrainer
+
+    from training.dpo import load_model_and_processor
+
+    path = export_trl(pairs, tmp_path / "export" / "pairs.parquet")
+    dataset = load_dataset("parquet", data_files=str(path), split="train", cache_dir=str(tmp_path / "cache"))
+    assert dataset.column_names == ["images", "prompt", "chosen", "rejected"]
+    assert dataset[1]["images"][0].getpixel((0, 0)) == (0, 0, 255)
+    assert dataset[1]["prompt"] == [{"role": "user", "content": "Describe the image in detail."}]
+    assert dataset[1]["chosen"] == [{"role": "assistant", "content": "a blue wall and a dog."}]
+
+    cfg = FAST.with_overrides(max_steps=1)
+    model, processor = load_model_and_processor(tiny_llava, cfg)
+    trainer = DPOTrainer(
+        model=model,
+        args=trl_args(cfg, tmp_path / "trl"),
+        train_dataset=dataset,
+        processing_class=processor,
+        peft_config=lora_config(cfg),
+    )
+    trainer.train()
+    assert trainer.state.global_step == 1
+    (step_log,) = [log for log in trainer.state.log_history if "loss" in log]
+    assert step_log["loss"] == pytest.approx(0.6931, abs=1e-3)

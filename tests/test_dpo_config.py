@@ -1,0 +1,64 @@
+"""DPO settings: presets and validation (pure, no torch)."""
+
+import re
+
+import pytest
+
+from csr_core.dpo_config import DPOConfig
+
+
+def test_paper_preset_follows_the_papers_script():
+    cfg = DPOConfig.paper()
+    assert (cfg.lora_r, cfg.lora_alpha, cfg.learning_rate, cfg.beta, cfg.num_epochs) == (
+        128,
+        256,
+        1e-7,
+        0.1,
+        1.0,
+    )
+    assert (cfg.batch_size, cfg.grad_accum, cfg.max_length, cfg.lr_scheduler) == (1, 1, 1024, "cosine")
+
+
+def test_world_preset_is_separate_and_cpu():
+    world = DPOConfig.world()
+    assert world != DPOConfig.paper()
+    assert world.device == "cpu" and not world.bf16 and not world.gradient_checkpointing
+
+
+def test_lora_regex_targets_language_model_linears_only():
+    pattern = DPOConfig().lora_target_regex()
+    assert re.fullmatch(pattern, "model.language_model.layers.0.self_attn.q_proj")
+    assert re.fullmatch(pattern, "model.language_model.layers.11.mlp.down_proj")
+    assert not re.fullmatch(pattern, "model.vision_tower.vision_model.encoder.layers.0.self_attn.q_proj")
+    assert not re.fullmatch(pattern, "model.multi_modal_projector.linear_1")
+    assert not re.fullmatch(pattern, "lm_head")
+    anywhere = DPOConfig(lora_scope="").lora_target_regex()
+    assert re.fullmatch(anywhere, "model.vision_tower.vision_model.encoder.layers.0.self_attn.q_proj")
+
+
+def test_lists_from_yaml_become_tuples():
+    assert DPOConfig(lora_target_modules=["q_proj", "v_proj"]).lora_target_modules == ("q_proj", "v_proj")
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("beta", 0.0),
+        ("learning_rate", -1e-5),
+        ("batch_size", 0),
+        ("lora_r", 0),
+        ("lora_dropout", 1.0),
+        ("warmup_ratio", -0.1),
+        ("max_steps", 0),
+        ("max_steps", -2),
+        ("lora_target_modules", ()),
+        ("lora_target_modules", "q_proj"),
+        ("lora_target_modules", ("q_proj", "a.b")),
+        ("device", "tpu"),
+        ("lr_scheduler", "exotic"),
+        ("weight_decay", -0.1),
+    ],
+)
+def test_bad_values_raise_naming_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        DPOConfig(**{field: value})

@@ -1,0 +1,224 @@
+"""One DPO round with TRL's `DPOTrainer` and a PEFT LoRA adapter, resumable from its checkpoints.
+
+Layout of `out_dir`:
+    checkpoints/checkpoint-N/   Trainer checkpoints (adapter in safetensors; optimizer/scheduler/RNG states are
+                                torch-serialised by transformers, which exact resumption needs)
+    adapter/                    the final LoRA adapter (adapter_config.json + adapter_model.safetensors)
+    result.json                 written last: the round is done, a rerun returns it without training
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+
+from csr_core.dpo_config import DPOConfig
+from training.pairs import PreferencePair, trl_dataset
+
+STEP_METRICS = (
+    "loss",
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/margins",
+    "rewards/accuracies",
+    "logps/chosen",
+    "logps/rejected",
+    "learning_rate",
+    "grad_norm",
+)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    adapter_dir: str
+    steps: int
+    seconds: float
+    final_metrics: dict
+    resumed_from_step: int  # 0 when training started from scratch
+
+
+class _StepLogger(TrainerCallback):
+    """Hands every per-step log (with step and epoch) to `on_log`; keeps the summary log for the result."""
+
+    def __init__(self, sink: Callable[[dict], None] | None):
+        self.sink = sink
+        self.summary: dict = {}
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = dict(logs or {})
+        if "train_runtime" in logs:
+            self.summary = logs
+            return
+        if "loss" not in logs:
+            return
+        record = {k: float(v) for k, v in logs.items() if k in STEP_METRICS}
+        record.update(step=int(state.global_step), epoch=float(state.epoch or 0.0))
+        if self.sink is not None:
+            self.sink(record)
+
+
+def train_dpo(
+    model_dir: str | Path,
+    pairs: Sequence[PreferencePair],
+    cfg: DPOConfig,
+    out_dir: str | Path,
+    *,
+    on_log: Callable[[dict], None] | None = None,
+    resume: bool = True,
+    callbacks: Sequence[TrainerCallback] = (),
+    trust_remote_code: bool = False,
+) -> TrainResult:
+    """Train a LoRA adapter on `pairs` with DPO against the frozen model in `model_dir` (policy = reference).
+
+    With `resume`, a finished round (result.json) is returned as is and an interrupted one continues from its
+    last checkpoint; without it, existing checkpoints are ignored and overwritten.
+    """
+    out_dir = Path(out_dir)
+    result_file = out_dir / "result.json"
+    if resume and result_file.exists():
+        return TrainResult(**json.loads(result_file.read_text()))
+
+    from transformers.trainer_utils import get_last_checkpoint
+    from trl import DPOTrainer
+
+    checkpoint_dir = out_dir / "checkpoints"
+    last_checkpoint = get_last_checkpoint(str(checkpoint_dir)) if resume and checkpoint_dir.is_dir() else None
+    model, processor = load_model_and_processor(model_dir, cfg, trust_remote_code)
+    logger = _StepLogger(on_log)
+    trainer = DPOTrainer(
+        model=model,
+        ref_model=None,
+        args=trl_args(cfg, checkpoint_dir),
+        train_dataset=trl_dataset(pairs),
+        processing_class=processor,
+        peft_config=lora_config(cfg),
+        callbacks=[logger, *callbacks],
+    )
+    started = time.perf_counter()
+    trainer.train(resume_from_checkpoint=last_checkpoint)
+    seconds = time.perf_counter() - started
+
+    adapter_dir = out_dir / "adapter"
+    trainer.model.save_pretrained(adapter_dir)
+    result = TrainResult(
+        adapter_dir=str(adapter_dir),
+        steps=int(trainer.state.global_step),
+        seconds=seconds,
+        final_metrics={k: v for k, v in logger.summary.items() if isinstance(v, int | float)},
+        resumed_from_step=_checkpoint_step(last_checkpoint),
+    )
+    result_file.write_text(json.dumps(asdict(result), indent=2))
+    return result
+
+
+def load_model_and_processor(model_dir: str | Path, cfg: DPOConfig, trust_remote_code: bool = False):
+    """Load a VLM and its processor from a local save_pretrained directory (never from the network)."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    dtype = torch.bfloat16 if cfg.bf16 and _on_cuda(cfg) else torch.float32
+    model = AutoModelForImageTextToText.from_pretrained(
+        model_dir, dtype=dtype, local_files_only=True, trust_remote_code=trust_remote_code
+    )
+    processor = AutoProcessor.from_pretrained(
+        model_dir, local_files_only=True, trust_remote_code=trust_remote_code
+    )
+    processor.tokenizer.padding_side = "left"
+    return model, processor
+
+
+def lora_config(cfg: DPOConfig):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=cfg.lora_target_regex(),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def trl_args(cfg: DPOConfig, output_dir: Path):
+    from trl import DPOConfig as TrlDPOConfig
+
+    on_cuda = _on_cuda(cfg)
+    return TrlDPOConfig(
+        output_dir=str(output_dir),
+        beta=cfg.beta,
+        learning_rate=cfg.learning_rate,
+        num_train_epochs=cfg.num_epochs,
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        warmup_steps=cfg.warmup_ratio,  # a float in [0, 1) is a ratio of total steps
+        weight_decay=cfg.weight_decay,
+        lr_scheduler_type=cfg.lr_scheduler,
+        max_grad_norm=cfg.max_grad_norm,
+        max_length=cfg.max_length,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        logging_steps=1,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        bf16=cfg.bf16 and on_cuda,
+        fp16=False,
+        use_cpu=not on_cuda,
+        report_to=[],
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        disable_tqdm=True,
+    )
+
+
+def _on_cuda(cfg: DPOConfig) -> bool:
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device: 'cuda' requested but CUDA is not available")
+    return cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+
+
+def _checkpoint_step(checkpoint: str | None) -> int:
+    return int(Path(checkpoint).name.split("-")[-1]) if checkpoint else 0
+
+
+def merge_adapter(
+    base_model_dir: str | Path,
+    adapter_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    trust_remote_code: bool = False,
+) -> Path:
+    """Merge a LoRA adapter into its base model and save a full model directory (safetensors + processor).
+
+    The merged directory loads exactly like the base and becomes the next round's policy and reference.
+    Written to a temporary sibling and renamed, so an interrupted merge never leaves a half-written model.
+    """
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    out_dir = Path(out_dir)
+    if (out_dir / "config.json").exists():
+        return out_dir
+    base = AutoModelForImageTextToText.from_pretrained(
+        base_model_dir, dtype="auto", local_files_only=True, trust_remote_code=trust_remote_code
+    )
+    merged = PeftModel.from_pretrained(base, str(adapter_dir), local_files_only=True).merge_and_unload()
+    processor = AutoProcessor.from_pretrained(
+        base_model_dir, local_files_only=True, trust_remote_code=trust_remote_code
+    )
+    partial = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    merged.save_pretrained(partial)
+    processor.save_pretrained(partial)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    partial.rename(out_dir)
+    return out_dir

@@ -1,0 +1,222 @@
+"""Adapter for transformers LLaVA-family models: prompt formatting, prefix KV caching, batched sentence search.
+
+The sentence search decodes many tree nodes (of several prompts) in one batch. Row i of the batch is laid out as
+`[prefix_i | padding | tail_i]`: the prefix KV cache (image + prompt, minus its last token) is computed once per
+prompt and reused; the tail (last prompt token + the node's response so far) is left-padded; padding is masked
+out and `position_ids` keep every row's positions contiguous, so the holes change nothing.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from csr_core.beam_search import BeamParams, Candidate, diverse_beam_search
+
+FALLBACK_TEMPLATE = "USER: <image>\n{text} ASSISTANT:"
+IMAGE_TOKEN = "<image>"
+
+
+@dataclass(frozen=True)
+class PrefixState:
+    """KV cache of image + chat-templated prompt, all tokens but the last one (batch size 1)."""
+
+    kv: tuple[tuple[torch.Tensor, torch.Tensor], ...]
+    last_token: int
+
+    @property
+    def cache_len(self) -> int:
+        return self.kv[0][0].shape[-2]
+
+
+def _resolve_dtype(dtype):
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    return getattr(torch, str(dtype))
+
+
+class LlavaAdapter:
+    def __init__(self, model, processor, *, device: str = "cpu"):
+        self.model = model.eval()
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.device = torch.device(device)
+        self.eos_ids = frozenset(_eos_ids(model, self.tokenizer))
+        self.delimiter_ids = frozenset(delimiter_token_ids(self.tokenizer)) - self.eos_ids
+
+    @classmethod
+    def from_pretrained(cls, model_dir, *, device="cpu", dtype=None, trust_remote_code=False) -> LlavaAdapter:
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        model_dir = str(Path(model_dir))
+        processor = AutoProcessor.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+        model = AutoModelForImageTextToText.from_pretrained(
+            model_dir, dtype=_resolve_dtype(dtype), trust_remote_code=trust_remote_code
+        ).to(device)
+        return cls(model, processor, device=device)
+
+    # --- prompts -------------------------------------------------------------------------------------------
+    def format_prompt(self, instruction: str) -> str:
+        """Chat-templated prompt text with the image token, ending where the assistant's answer starts."""
+        text = instruction.replace(IMAGE_TOKEN, "").strip()
+        if getattr(self.processor, "chat_template", None):
+            messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
+            return self.processor.apply_chat_template(messages, add_generation_prompt=True)
+        return FALLBACK_TEMPLATE.format(text=text)
+
+    def _inputs(self, images, instructions, padding_side="left"):
+        texts = [self.format_prompt(i) for i in instructions]
+        self.tokenizer.padding_side = padding_side
+        inputs = self.processor(images=list(images), text=texts, return_tensors="pt", padding=True)
+        inputs = inputs.to(self.device)
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        return inputs
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(token_ids), skip_special_tokens=True).strip()
+
+    # --- sentence search ----------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def encode_prefix(self, image: Image.Image, instruction: str) -> PrefixState:
+        """Run the vision tower and the prompt once; keep the KV cache for reuse by every tree node."""
+        inputs = self._inputs([image], [instruction])
+        ids = inputs["input_ids"]
+        inputs["input_ids"], inputs["attention_mask"] = ids[:, :-1], inputs["attention_mask"][:, :-1]
+        out = self.model(**inputs, use_cache=True)
+        kv = tuple((layer.keys, layer.values) for layer in _output_cache(out).layers)
+        return PrefixState(kv=kv, last_token=int(ids[0, -1]))
+
+    @torch.inference_mode()
+    def search_sentences(
+        self,
+        prefixes: Sequence[PrefixState],
+        responses: Sequence[Sequence[int]],
+        max_new_tokens: Sequence[int],
+        params: BeamParams,
+    ) -> list[list[Candidate]]:
+        """Extend each (prefix, response-so-far) pair by one sentence with diverse beam search, in one batch."""
+        batch = _NodeBatch(self.model, prefixes, responses, self.device)
+        first_logits = batch.prefill()
+        return diverse_beam_search(
+            first_logits, batch.step, params,
+            stop_ids=sorted(self.delimiter_ids), eos_ids=sorted(self.eos_ids), max_new_tokens=max_new_tokens,
+        )
+
+    # --- evaluation ---------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def generate(
+        self, images, instructions, *, do_sample=False, temperature=1.0, max_new_tokens=128,
+        num_return_sequences=1, seed=0, batch_size=16,
+    ) -> list[list[str]]:
+        """Batched plain generation (CHAIR descriptions, POPE answers); one list of outputs per instruction."""
+        results: list[list[str]] = []
+        for start in range(0, len(instructions), batch_size):
+            torch.manual_seed(seed + start)
+            inputs = self._inputs(images[start : start + batch_size], instructions[start : start + batch_size])
+            sampling = {"do_sample": True, "temperature": temperature} if do_sample else {"do_sample": False}
+            out = self.model.generate(
+                **inputs, max_new_tokens=max_new_tokens, num_return_sequences=num_return_sequences,
+                pad_token_id=self.tokenizer.pad_token_id, **sampling,
+            )
+            texts = self.tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+            for i in range(0, len(texts), num_return_sequences):
+                results.append([t.strip() for t in texts[i : i + num_return_sequences]])
+        return results
+
+
+class _NodeBatch:
+    """KV-cached forward passes for a batch of tree nodes, with beam reordering between steps."""
+
+    def __init__(self, model, prefixes, responses, device):
+        self.model, self.device = model, device
+        self.prefixes, self.responses = prefixes, responses
+        self.cache = None
+        self.mask = self.positions = None
+
+    def prefill(self) -> torch.Tensor:
+        from transformers import DynamicCache
+
+        tails = [[p.last_token, *r] for p, r in zip(self.prefixes, self.responses)]
+        cache_max = max(p.cache_len for p in self.prefixes)
+        tail_max = max(len(t) for t in tails)
+        n = len(tails)
+        kv = []
+        for layer in range(len(self.prefixes[0].kv)):
+            keys = [_pad_right(p.kv[layer][0], cache_max) for p in self.prefixes]
+            values = [_pad_right(p.kv[layer][1], cache_max) for p in self.prefixes]
+            kv.append((torch.cat(keys), torch.cat(values)))
+        self.cache = DynamicCache(ddp_cache_data=kv)
+        input_ids = torch.zeros(n, tail_max, dtype=torch.long, device=self.device)
+        mask = torch.zeros(n, cache_max + tail_max, dtype=torch.long, device=self.device)
+        positions = torch.zeros(n, tail_max, dtype=torch.long, device=self.device)
+        for i, (prefix, tail) in enumerate(zip(self.prefixes, tails)):
+            input_ids[i, tail_max - len(tail) :] = torch.tensor(tail, device=self.device)
+            mask[i, : prefix.cache_len] = 1
+            mask[i, cache_max + tail_max - len(tail) :] = 1
+            positions[i, tail_max - len(tail) :] = prefix.cache_len + torch.arange(len(tail), device=self.device)
+        return self._forward(input_ids, mask, positions)
+
+    def step(self, parent_rows: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        parent_rows = parent_rows.to(self.device)
+        self.cache.reorder_cache(parent_rows)
+        ones = torch.ones(len(parent_rows), 1, dtype=torch.long, device=self.device)
+        mask = torch.cat([self.mask[parent_rows], ones], dim=1)
+        positions = self.positions[parent_rows] + 1
+        return self._forward(tokens.to(self.device)[:, None], mask, positions)
+
+    def _forward(self, input_ids, mask, positions) -> torch.Tensor:
+        out = self.model(
+            input_ids=input_ids, attention_mask=mask, position_ids=positions,
+            **{_cache_kwarg(self.model): self.cache}, use_cache=True, logits_to_keep=1,
+        )
+        self.cache, self.mask, self.positions = _output_cache(out), mask, positions[:, -1:]
+        return out.logits[:, -1, :].float()
+
+
+def _cache_kwarg(model) -> str:
+    """transformers >= 5.x renamed `past_key_values` to `cache`; accept both."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _output_cache(out):
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
+def _pad_right(tensor: torch.Tensor, length: int) -> torch.Tensor:
+    missing = length - tensor.shape[-2]
+    if missing == 0:
+        return tensor
+    pad = tensor.new_zeros(tensor.shape[:-2] + (missing, tensor.shape[-1]))
+    return torch.cat([tensor, pad], dim=-2)
+
+
+def delimiter_token_ids(tokenizer, delimiter: str = ".") -> list[int]:
+    """Vocabulary tokens whose decoded text ends with the delimiter (e.g. "." , "▁.", ")."), never hard-coded."""
+    special = set(tokenizer.all_special_ids)
+    ids = []
+    for token, token_id in tokenizer.get_vocab().items():
+        if token_id in special:
+            continue
+        text = tokenizer.convert_tokens_to_string([token]).strip()
+        if text.endswith(delimiter):
+            ids.append(token_id)
+    return sorted(ids)
+
+
+def _eos_ids(model, tokenizer) -> list[int]:
+    ids = set()
+    configured = getattr(model.generation_config, "eos_token_id", None)
+    if isinstance(configured, int):
+        ids.add(configured)
+    elif configured:
+        ids.update(int(i) for i in configured)
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return sorted(ids)

@@ -103,3 +103,14 @@ def stages_frame(store: Store) -> pd.DataFrame:
 
 def _now() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def find_stages(store: Store, stage: str, *, status: str = "complete", **upstream: str) -> list[StageRecord]:
+    """Stage records of one kind, newest first, optionally matching upstream keys (e.g. tree=KEY)."""
+    sql = "SELECT stage_key FROM stages WHERE stage = ? AND status = ?"
+    params: list = [stage, status]
+    for name, value in upstream.items():
+        sql += " AND json_extract_string(upstream, ?) = ?"
+        params += [f"$.{name}", value]
+    keys = [row[0] for row in store.rows(sql + " ORDER BY started_at DESC", params)]
+    return [record for record in (get_stage(store, key) for key in keys) if record is not None]

@@ -1,0 +1,83 @@
+"""The CSR pipeline as Prefect flows: world -> [sample -> generate -> relevance -> calibrate -> DPO -> evaluate] x rounds."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prefect import flow
+
+from flows.config import RunConfig, load_config
+from flows.inputs import Inputs, check_user_inputs
+from tasks.calibrate import calibrate_select
+from tasks.common import model_fingerprint
+from tasks.dpo import dpo_finetune
+from tasks.evaluate import evaluate, pair_accuracy
+from tasks.generate import generate_candidates
+from tasks.models import register_base_model, registered_model_dir
+from tasks.prompts import pool_fingerprint, sample_prompts
+from tasks.relevance import score_relevance
+from tasks.world import build_scenes, train_world_clip, train_world_vlm
+
+
+@dataclass(frozen=True)
+class Policy:
+    key: str
+    path: str
+
+
+@flow(name="csr-world", log_prints=True)
+def world_flow(config_files: list[str] | None = None, overrides: list[str] | None = None) -> dict[str, str]:
+    """Build the miniature world: scenes with ground truth, the base VLM, the relevance scorer."""
+    return build_world(load_config(config_files or [], overrides or []))
+
+
+def build_world(cfg: RunConfig) -> dict[str, str]:
+    scenes = build_scenes(cfg.db, cfg.world, str(cfg.world_dir))
+    return {"scenes": scenes,
+            "vlm": train_world_vlm(cfg.db, cfg.world, str(cfg.world_dir), scenes),
+            "clip": train_world_clip(cfg.db, cfg.world, str(cfg.world_dir), scenes)}
+
+
+@flow(name="csr-pipeline", log_prints=True)
+def csr_pipeline(config_files: list[str] | None = None, overrides: list[str] | None = None,
+                 rounds: int | None = None) -> dict:
+    """CSR end to end: evaluate the base model, then `rounds` rounds of self-rewarded DPO."""
+    cfg = load_config(config_files or [], overrides or [])
+    inputs = check_user_inputs(cfg)
+    if cfg.uses_world:
+        build_world(cfg)
+    policy = Policy(register_base_model(cfg.db, inputs.model_dir), inputs.model_dir)
+    summary = {"rounds": [], "base_eval": evaluate_policy(cfg, inputs, policy, 0)}
+    for round_ in range(1, (cfg.rounds if rounds is None else rounds) + 1):
+        keys = csr_round(cfg, inputs, policy, round_)
+        policy = Policy(keys["model"], registered_model_dir(cfg.db, keys["model"]))
+        summary["rounds"].append(keys)
+    return summary
+
+
+def csr_round(cfg: RunConfig, inputs: Inputs, policy: Policy, round_: int) -> dict[str, str | None]:
+    """One round: candidates from the current policy, rewards, pairs, DPO, evaluation of the new policy."""
+    keys = candidates(cfg, inputs, policy, round_)
+    keys["pairs"] = calibrate_select(cfg.db, cfg.reward, keys["tree"], keys["relevance"], keys["prompts"])
+    keys["pair_accuracy"] = pair_accuracy(cfg.db, keys["pairs"], inputs.pool_file, inputs.vocab_file)
+    keys["model"] = dpo_finetune(cfg.db, cfg.dpo, cfg.model, policy.key, policy.path, keys["pairs"], cfg.data_dir,
+                                 round_)
+    keys["eval"] = evaluate_policy(cfg, inputs, Policy(keys["model"], registered_model_dir(cfg.db, keys["model"])),
+                                   round_)
+    return keys
+
+
+def candidates(cfg: RunConfig, inputs: Inputs, policy: Policy, round_: int) -> dict[str, str]:
+    """Prompts, candidate trees and their relevance scores: everything that runs the VLM or CLIP."""
+    scorer_key = model_fingerprint(inputs.scorer_dir)
+    prompts = sample_prompts(cfg.db, cfg.prompts, round_, inputs.pool_file, inputs.pool_images,
+                             pool_fingerprint(inputs.pool_file))
+    tree = generate_candidates(cfg.db, cfg.search, cfg.reward, cfg.model, cfg.runtime, policy.key, policy.path,
+                               prompts, inputs.scorer_dir, scorer_key)
+    relevance = score_relevance(cfg.db, cfg.relevance, cfg.runtime, scorer_key, inputs.scorer_dir, tree, prompts)
+    return {"prompts": prompts, "tree": tree, "relevance": relevance}
+
+
+def evaluate_policy(cfg: RunConfig, inputs: Inputs, policy: Policy, round_: int) -> str:
+    return evaluate(cfg.db, cfg.eval, cfg.model, cfg.runtime, policy.key, policy.path,
+                    model_fingerprint(inputs.scorer_dir), inputs.scorer_dir, inputs.eval_file, inputs.eval_images,
+                    inputs.vocab_file, round_)

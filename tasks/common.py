@@ -1,0 +1,152 @@
+"""What every stage task shares: its key, the skip-when-complete check, item-wise resume."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import pandas as pd
+from prefect.cache_policies import NONE
+from tqdm import tqdm
+
+from csr_core.keys import stage_key
+from storage import stages
+from storage.artifacts import write_items
+from storage.store import Store
+
+# DuckDB decides what is complete, so Prefect's own result caching stays off.
+TASK_OPTIONS: dict[str, Any] = {"cache_policy": NONE, "persist_result": False}
+
+log = logging.getLogger("csr")
+
+
+def logger():
+    """Prefect's run logger inside a run, the module logger outside one (plain function calls)."""
+    try:
+        from prefect.logging import get_run_logger
+
+        return get_run_logger()
+    except Exception:
+        return log
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """A stage instance: its name, the config it hashes, its upstream stage keys."""
+
+    stage: str
+    config: Any
+    upstream: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return stage_key(self.stage, self.config, self.upstream)
+
+
+def skip_if_complete(store: Store, spec: StageSpec) -> bool:
+    if stages.is_complete(store, spec.key):
+        logger().info("cache hit: %s %s is complete, skipping", spec.stage, spec.key)
+        return True
+    return False
+
+
+def run_whole_stage(store: Store, spec: StageSpec, work: Callable[[str], None], n_items: int | None = None) -> str:
+    """Run a stage that writes its slice in one go (`work(key)`), unless its key is complete."""
+    if skip_if_complete(store, spec):
+        return spec.key
+    stages.begin_stage(store, spec.stage, spec.key, spec.config, spec.upstream, n_items)
+    try:
+        work(spec.key)
+    except BaseException as exc:
+        stages.finish_stage(store, spec.key, "failed", f"{type(exc).__name__}: {exc}")
+        raise
+    stages.finish_stage(store, spec.key)
+    return spec.key
+
+
+@dataclass
+class ChunkResult:
+    """What processing one chunk of items produced: rows for the stage's table, and failures."""
+
+    rows: pd.DataFrame
+    done: list[str]
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+def run_item_stage(
+    store: Store,
+    spec: StageSpec,
+    *,
+    table: str,
+    items: Sequence[str],
+    process: Callable[[list[str]], ChunkResult],
+    chunk_size: int,
+    setup: Callable[[], None] | None = None,
+    show_progress: bool = True,
+) -> str:
+    """Run an item-wise stage: skip finished items, commit each chunk's rows and progress together.
+
+    A crash loses at most the chunk in flight; the rerun resumes at the first unfinished item.
+    `setup` (e.g. loading a model) runs only when some item is left to do.
+    """
+    if skip_if_complete(store, spec):
+        return spec.key
+    stages.begin_stage(store, spec.stage, spec.key, spec.config, spec.upstream, len(items))
+    finished = stages.finished_items(store, spec.key)
+    todo = [item for item in items if item not in finished]
+    if finished:
+        logger().info("resuming %s %s: %d of %d items already done", spec.stage, spec.key, len(finished), len(items))
+    try:
+        if todo and setup is not None:
+            setup()
+        with tqdm(total=len(items), initial=len(items) - len(todo), desc=spec.stage, disable=not show_progress,
+                  unit="item", leave=False) as bar:
+            for chunk in chunked(todo, chunk_size):
+                result = process(chunk)
+                write_items(store, table, spec.key, result.rows, result.done, result.failed)
+                for item, reason in result.failed.items():
+                    logger().warning("%s: item %s failed: %s", spec.stage, item, reason)
+                bar.update(len(chunk))
+    except BaseException as exc:
+        stages.finish_stage(store, spec.key, "failed", f"{type(exc).__name__}: {exc}")
+        raise
+    stages.finish_stage(store, spec.key)
+    return spec.key
+
+
+def chunked(items: Sequence[str], size: int) -> Iterable[list[str]]:
+    for start in range(0, len(items), size):
+        yield list(items[start:start + size])
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def model_fingerprint(model_dir: str | Path) -> str:
+    """A cheap identity of a model directory: its config files' content and its weight files' sizes.
+
+    Hashing the weights of a 7B model on every run would cost minutes; a retrained or merged model
+    rewrites its config and weights, which changes this fingerprint.
+    """
+    root = Path(model_dir)
+    if not root.is_dir():
+        raise ValueError(f"model directory not found: {model_dir}")
+    digest = hashlib.sha256()
+    for path in sorted(root.iterdir()):
+        if path.suffix == ".json":
+            digest.update(path.name.encode() + path.read_bytes())
+        elif path.suffix in (".safetensors", ".bin", ".pt"):
+            digest.update(f"{path.name}:{path.stat().st_size}".encode())
+    return "model-" + digest.hexdigest()[:16]
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)

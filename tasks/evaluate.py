@@ -1,0 +1,90 @@
+"""Stage 6, evaluate: hallucination and relevance of one model on held-out items; pair accuracy."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+from PIL import Image
+from prefect import task
+
+from csr_core.config import EvalConfig, ModelConfig, RuntimeConfig
+from csr_core.evaluation import EvalItem, evaluate_model
+from csr_core.metrics import ObjectVocab, preference_accuracy
+from storage.artifacts import read_pairs, replace_stage_rows, write_eval
+from storage.store import open_store
+from tasks.common import TASK_OPTIONS, StageSpec, file_sha256, run_whole_stage
+from tasks.models import load_relevance, load_vlm
+
+
+def load_vocab(path: str) -> ObjectVocab:
+    data = json.loads(Path(path).read_text())
+    return ObjectVocab({name: tuple(forms) for name, forms in data.items()})
+
+
+def load_eval_items(source: str, image_dir: str, n_items: int) -> list[EvalItem]:
+    rows = json.loads(Path(source).read_text())[:n_items]
+    items = []
+    for row in rows:
+        with Image.open(Path(image_dir) / row["image"]) as image:
+            items.append(EvalItem(str(row["id"]), image.convert("RGB"), frozenset(row["objects"]),
+                                  frozenset(row.get("theme_objects", ()))))
+    return items
+
+
+def evaluate_spec(cfg: EvalConfig, source: str, vocab: str, model_key: str, scorer_key: str) -> StageSpec:
+    data = {"source": file_sha256(source)[:16], "vocab": file_sha256(vocab)[:16]}
+    return StageSpec("evaluate", {"eval": cfg, "data": data}, {"model": model_key, "scorer": scorer_key})
+
+
+@task(name="evaluate", **TASK_OPTIONS)
+def evaluate(db: str, cfg: EvalConfig, model_cfg: ModelConfig, runtime: RuntimeConfig, model_key: str,
+             model_dir: str, scorer_key: str, scorer_dir: str, source: str, image_dir: str, vocab_path: str,
+             round_: int) -> str:
+    store = open_store(db)
+    spec = evaluate_spec(cfg, source, vocab_path, model_key, scorer_key)
+
+    def work(key: str) -> None:
+        vlm = load_vlm(model_dir, model_cfg, runtime)
+        clip = load_relevance(scorer_dir, runtime)
+
+        def generate(images, prompts, **kwargs):
+            return vlm.generate(images, prompts, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
+                                batch_size=cfg.batch_size, **kwargs)
+
+        out = evaluate_model(generate, clip.cosine, load_eval_items(source, image_dir, cfg.n_items),
+                             load_vocab(vocab_path), cfg)
+        results = pd.DataFrame([{**vars(m), "model_key": model_key, "round": round_} for m in out.metrics])
+        responses = pd.DataFrame([{**vars(r), "model_key": model_key} for r in out.responses])
+        write_eval(store, key, results, responses)
+
+    return run_whole_stage(store, spec, work)
+
+
+@task(name="pair-accuracy", **TASK_OPTIONS)
+def pair_accuracy(db: str, pairs_key: str, pool_file: str, vocab_path: str) -> str | None:
+    """Share of pairs whose chosen response names fewer absent objects than the rejected one.
+
+    Needs ground truth for the pool's images (an "objects" field per prompt row, as the miniature
+    world writes); returns None, computing nothing, for pools without it.
+    """
+    if not Path(pool_file).is_file() or not Path(vocab_path).is_file():
+        return None
+    truth = {str(r["id"]): r["objects"] for r in json.loads(Path(pool_file).read_text()) if "objects" in r}
+    if not truth:
+        return None
+    store = open_store(db)
+    spec = StageSpec("pair_accuracy", {"pool": file_sha256(pool_file)[:16]}, {"pairs": pairs_key})
+
+    def work(key: str) -> None:
+        pairs = read_pairs(store, pairs_key)
+        pairs = pairs[pairs["prompt_id"].isin(truth.keys())]
+        result = preference_accuracy(pairs["chosen"].tolist(), pairs["rejected"].tolist(),
+                                     [truth[p] for p in pairs["prompt_id"]], load_vocab(vocab_path))
+        round_ = int(pairs["round"].iloc[0]) if len(pairs) else 0
+        rows = [{"model_key": "", "round": round_, "split": "pairs", "metric": name,
+                 "value": float(getattr(result, name)), "n": result.n_pairs}
+                for name in ("accuracy", "n_better", "n_tied", "n_worse")]
+        replace_stage_rows(store, "eval_results", key, pd.DataFrame(rows))
+
+    return run_whole_stage(store, spec, work)

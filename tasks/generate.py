@@ -1,0 +1,92 @@
+"""Stage 2, generate candidates: one sentence-level beam tree per prompt, all raw scores kept."""
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import pandas as pd
+from PIL import Image
+from prefect import task
+
+from csr_core.config import ModelConfig, RuntimeConfig
+from csr_core.reward import RewardConfig
+from csr_core.tree import PromptInput, SearchConfig, build_trees
+from storage.artifacts import read_prompts
+from storage.store import open_store
+from tasks.common import TASK_OPTIONS, ChunkResult, StageSpec, run_item_stage
+from tasks.models import load_relevance, load_vlm
+
+NODE_COLUMNS = ["prompt_id", "node_id", "parent_id", "depth", "text", "token_count", "logprob_sum", "score",
+                "cum_score", "is_final", "finish_reason", "kept"]
+
+
+def generate_spec(search: SearchConfig, reward: RewardConfig, model_key: str, prompts_key: str,
+                  relevance_key: str | None) -> StageSpec:
+    """The reward settings enter the key only when they steer the search (prune_by="calibrated")."""
+    config: dict = {"search": search}
+    upstream = {"model": model_key, "prompts": prompts_key}
+    if search.prune_by == "calibrated":
+        config["reward"] = reward
+        upstream["relevance_model"] = relevance_key or ""
+    return StageSpec("generate_candidates", config, upstream)
+
+
+@task(name="generate-candidates", **TASK_OPTIONS)
+def generate_candidates(db: str, search: SearchConfig, reward: RewardConfig, model_cfg: ModelConfig,
+                        runtime: RuntimeConfig, model_key: str, model_dir: str, prompts_key: str,
+                        relevance_dir: str = "", relevance_key: str | None = None) -> str:
+    store = open_store(db)
+    spec = generate_spec(search, reward, model_key, prompts_key, relevance_key)
+    prompts = read_prompts(store, prompts_key).set_index("prompt_id")
+    loaded: dict = {}
+
+    def setup() -> None:
+        loaded["vlm"] = load_vlm(model_dir, model_cfg, runtime)
+        if search.prune_by == "calibrated":
+            loaded["clip"] = load_relevance(relevance_dir, runtime)
+
+    def process(chunk: list[str]) -> ChunkResult:
+        inputs, failed = _load_inputs(prompts, chunk)
+        relevance = _relevance_fn(loaded.get("clip"), inputs)
+        trees = build_trees(loaded["vlm"], inputs, search, relevance=relevance, reward_cfg=reward)
+        rows = [{"prompt_id": pid, **_node_row(node)} for pid, nodes in trees.items() for node in nodes]
+        return ChunkResult(pd.DataFrame(rows, columns=NODE_COLUMNS), [p.prompt_id for p in inputs], failed)
+
+    return run_item_stage(store, spec, table="tree_nodes", items=list(prompts.index), process=process,
+                          chunk_size=runtime.chunk_size, setup=setup, show_progress=runtime.progress)
+
+
+def load_images(prompts: pd.DataFrame, chunk: list[str]) -> tuple[dict[str, Image.Image], dict[str, str]]:
+    """RGB images of a chunk's prompts; an unreadable one becomes a recorded failure, not a crash."""
+    images, failed = {}, {}
+    for pid in chunk:
+        path = prompts.loc[pid, "image_path"]
+        try:
+            with Image.open(path) as image:
+                images[pid] = image.convert("RGB")
+        except Exception as exc:
+            failed[pid] = f"cannot read image {path}: {type(exc).__name__}: {exc}"
+    return images, failed
+
+
+def _load_inputs(prompts: pd.DataFrame, chunk: list[str]) -> tuple[list[PromptInput], dict[str, str]]:
+    images, failed = load_images(prompts, chunk)
+    inputs = [PromptInput(pid, images[pid], prompts.loc[pid, "instruction"]) for pid in chunk if pid in images]
+    return inputs, failed
+
+
+def _relevance_fn(clip, inputs: list[PromptInput]):
+    if clip is None:
+        return None
+    images = [p.image for p in inputs]
+    index_of = {p.prompt_id: i for i, p in enumerate(inputs)}
+
+    def relevance(prompt_ids: list[str], texts: list[str]) -> list[float]:
+        return clip.cosine(images, texts, [index_of[pid] for pid in prompt_ids])
+
+    return relevance
+
+
+def _node_row(node) -> dict:
+    row = asdict(node)
+    row.pop("token_ids", None)
+    return {name: row[name] for name in NODE_COLUMNS if name != "prompt_id"}

@@ -1,0 +1,49 @@
+"""Loading the models the stages call. The only place tasks construct a VLM or a CLIP model."""
+from __future__ import annotations
+
+import torch
+
+from csr_core.config import ModelConfig, RuntimeConfig
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def load_vlm(model_dir: str, model_cfg: ModelConfig, runtime: RuntimeConfig):
+    from csr_core.adapters.vlm import LlavaAdapter
+
+    if runtime.threads:
+        torch.set_num_threads(runtime.threads)
+    dtype = getattr(torch, model_cfg.dtype)
+    return LlavaAdapter.from_pretrained(model_dir, device=resolve_device(runtime.device), dtype=dtype,
+                                        trust_remote_code=model_cfg.trust_remote_code)
+
+
+def load_relevance(model_dir: str, runtime: RuntimeConfig):
+    from csr_core.adapters.relevance import OpenClipRelevance
+
+    return OpenClipRelevance.from_pretrained(model_dir, device=resolve_device(runtime.device))
+
+
+def register_base_model(db: str, model_dir: str) -> str:
+    """Record a base model (round 0) under its fingerprint; returns its model key."""
+    from storage.artifacts import register_model
+    from storage.store import open_store
+    from tasks.common import model_fingerprint
+
+    key = model_fingerprint(model_dir)
+    register_model(open_store(db), key, str(model_dir), 0)
+    return key
+
+
+def registered_model_dir(db: str, model_key: str) -> str:
+    from storage.artifacts import model_path
+    from storage.store import open_store
+
+    path = model_path(open_store(db), model_key)
+    if path is None:
+        raise LookupError(f"no model registered under {model_key}")
+    return path

@@ -1,0 +1,65 @@
+"""Stage 1, sample prompts: a seeded, fresh subset of the prompt pool for each round."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+from PIL import Image
+from prefect import task
+
+from csr_core.config import PromptConfig
+from csr_core.prompts import parse_pool, sample_round
+from storage.artifacts import replace_stage_rows
+from storage.store import open_store
+from tasks.common import TASK_OPTIONS, StageSpec, file_sha256, run_whole_stage
+
+
+def prompts_spec(cfg: PromptConfig, round_: int, pool_file: str, image_dir: str, pool_key: str) -> StageSpec:
+    config = {"prompts": cfg, "round": round_, "pool_file": pool_file, "image_dir": image_dir}
+    return StageSpec("sample_prompts", config, {"pool": pool_key})
+
+
+@task(name="sample-prompts", retries=2, retry_delay_seconds=1, **TASK_OPTIONS)
+def sample_prompts(db: str, cfg: PromptConfig, round_: int, pool_file: str, image_dir: str, pool_key: str) -> str:
+    """Draw round `round_`'s prompts; record each with its image hash, or the reason it is unusable."""
+    store = open_store(db)
+    spec = prompts_spec(cfg, round_, pool_file, image_dir, pool_key)
+
+    def work(key: str) -> None:
+        rows = json.loads(Path(pool_file).read_text())
+        valid, invalid = parse_pool(rows if isinstance(rows, list) else [])
+        by_id = {p.prompt_id: p for p in valid}
+        records = [_check_image(by_id[pid], image_dir, round_) for pid in sample_round(list(by_id), cfg.n_per_round,
+                                                                                       round_, cfg.seed)]
+        records += [_invalid_row(pid, reason, round_) for pid, reason in invalid.items()]
+        replace_stage_rows(store, "prompts", key, pd.DataFrame(records))
+
+    return run_whole_stage(store, spec, work)
+
+
+def pool_fingerprint(pool_file: str) -> str:
+    """Identity of a prompt pool file (its content hash)."""
+    if not Path(pool_file).is_file():
+        raise ValueError(f"prompt pool not found: {pool_file}")
+    return "pool-" + file_sha256(pool_file)[:16]
+
+
+def _check_image(prompt, image_dir: str, round_: int) -> dict:
+    path = str(Path(image_dir) / prompt.image)
+    record = {"prompt_id": prompt.prompt_id, "round": round_, "image_path": path,
+              "instruction": prompt.instruction, "image_sha256": None, "status": "ok", "error": None}
+    try:
+        with Image.open(path) as image:
+            image.verify()
+        record["image_sha256"] = file_sha256(path)
+    except FileNotFoundError:
+        record.update(status="invalid", error=f"image not found: {path}")
+    except Exception as exc:  # PIL raises many types for corrupt files
+        record.update(status="invalid", error=f"unreadable image {path}: {type(exc).__name__}: {exc}")
+    return record
+
+
+def _invalid_row(prompt_id: str, reason: str, round_: int) -> dict:
+    return {"prompt_id": prompt_id, "round": round_, "image_path": "", "instruction": None,
+            "image_sha256": None, "status": "invalid", "error": f"malformed prompt row: {reason}"}

@@ -1,0 +1,47 @@
+"""Stage 3, score relevance: raw CLIP cosine between each prompt's image and each of its sentences."""
+from __future__ import annotations
+
+import pandas as pd
+from prefect import task
+
+from csr_core.config import RelevanceConfig, RuntimeConfig
+from storage.artifacts import read_prompts, read_tree
+from storage.store import open_store
+from tasks.common import TASK_OPTIONS, ChunkResult, StageSpec, run_item_stage
+from tasks.generate import load_images
+from tasks.models import load_relevance
+
+COLUMNS = ["tree_key", "prompt_id", "node_id", "scorer", "cosine"]
+
+
+def relevance_spec(scorer_key: str, tree_key: str) -> StageSpec:
+    # The batch size changes speed, not scores.
+    return StageSpec("score_relevance", {"scorer": scorer_key}, {"tree": tree_key, "scorer": scorer_key})
+
+
+@task(name="score-relevance", **TASK_OPTIONS)
+def score_relevance(db: str, cfg: RelevanceConfig, runtime: RuntimeConfig, scorer_key: str, scorer_dir: str,
+                    tree_key: str, prompts_key: str) -> str:
+    store = open_store(db)
+    spec = relevance_spec(scorer_key, tree_key)
+    prompts = read_prompts(store, prompts_key).set_index("prompt_id")
+    scored = sorted(set(read_tree(store, tree_key)["prompt_id"]))
+    loaded: dict = {}
+
+    def setup() -> None:
+        loaded["clip"] = load_relevance(scorer_dir, runtime)
+
+    def process(chunk: list[str]) -> ChunkResult:
+        images, failed = load_images(prompts, chunk)
+        nodes = read_tree(store, tree_key, [pid for pid in chunk if pid in images])
+        nodes = nodes[nodes["node_id"] != 0]  # the root has no sentence
+        order = list(images)
+        cosines = loaded["clip"].cosine([images[pid] for pid in order], nodes["text"].tolist(),
+                                        [order.index(pid) for pid in nodes["prompt_id"]], batch_size=cfg.batch_size)
+        rows = pd.DataFrame({"tree_key": tree_key, "prompt_id": nodes["prompt_id"].to_numpy(),
+                             "node_id": nodes["node_id"].to_numpy(), "scorer": scorer_key, "cosine": cosines},
+                            columns=COLUMNS)
+        return ChunkResult(rows, list(images), failed)
+
+    return run_item_stage(store, spec, table="relevance_scores", items=scored, process=process,
+                          chunk_size=max(runtime.chunk_size, 32), setup=setup, show_progress=runtime.progress)

@@ -16,6 +16,7 @@ import torch
 
 IMAGE_SIZE = 16
 PATCH_SIZE = 4
+DOT_LOGIT_SCALE = 2.0
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<s>", "</s>", "<image>")
 
 _WORDS = """
@@ -104,6 +105,8 @@ def make_tiny_llava(out_dir: str | Path, seed: int = 0) -> Path:
     )
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config).eval()
+    with torch.no_grad():  # a larger "." row makes sentences end often enough for multi-level trees
+        model.lm_head.weight[vocab["."]] *= DOT_LOGIT_SCALE
     generation_config = model.generation_config
     generation_config.bos_token_id = ids["<s>"]
     generation_config.eos_token_id = ids["</s>"]

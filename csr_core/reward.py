@@ -1,0 +1,202 @@
+"""Calibrated rewards over a sentence tree and chosen/rejected selection (CSR steps 2-3).
+
+Two documented modes, over complete paths only (root -> final leaf, no filtered sentence on the way):
+
+- `rank` (the paper's code). Among the siblings of each node (same parent, filtered ones left out), rank once by
+  cumulative self score (higher is better) and once by image relevance (higher is better):
+  rank_j = j / n for the j-th best of n siblings, so 1/n is best. A path's reward is
+  sum over its sentences of ((1 - lam) * rank_T + lam * rank_I), divided by (its number of sentences + 1), the
+  +1 counting the root as the paper's code does. Lower is better: the lowest path is chosen, the highest rejected.
+- `value` (the paper's text). Per sentence R = lam * R_I + (1 - lam) * R_T with R_I = max(100 * cos, 0) and
+  R_T the sentence's probability (`self_reward`: "token_prob" = exp(logprob_sum / token_count), the
+  geometric-mean token probability, so long sentences are not crushed; "prob" = exp(logprob_sum)); a path's
+  reward is the sum over its sentences. Higher is better.
+
+Degenerate sentences are filtered (see `filter_reason`); a filtered sentence drops its whole subtree.
+Ties break in the order the search produced the nodes (node_id order).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+MODES = ("rank", "value")
+SELF_REWARDS = ("token_prob", "prob")
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    lam: float = 0.9  # weight of image relevance
+    mode: str = "rank"  # "rank" | "value"
+    self_reward: str = "token_prob"  # value mode: "token_prob" | "prob"
+    min_chars: int = 4  # sentences shorter than this (stripped) are degenerate
+    max_word_repeat: int = 3  # a word repeated this many times in a row is degenerate
+    min_alpha_ratio: float = 0.5  # fewer letters than this among non-space characters: a non-text run
+
+    def __post_init__(self):
+        if not 0.0 <= self.lam <= 1.0:
+            raise ValueError(f"lam must be in [0, 1], got {self.lam}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.self_reward not in SELF_REWARDS:
+            raise ValueError(f"self_reward must be one of {SELF_REWARDS}, got {self.self_reward!r}")
+        if self.min_chars < 0:
+            raise ValueError(f"min_chars must be >= 0, got {self.min_chars}")
+        if self.max_word_repeat < 2:
+            raise ValueError(f"max_word_repeat must be >= 2, got {self.max_word_repeat}")
+        if not 0.0 <= self.min_alpha_ratio <= 1.0:
+            raise ValueError(f"min_alpha_ratio must be in [0, 1], got {self.min_alpha_ratio}")
+
+
+@dataclass(frozen=True)
+class ScoredNode:
+    node_id: int
+    parent_id: int | None
+    text: str
+    cum_score: float
+    logprob_sum: float
+    token_count: int
+    is_final: bool
+    relevance: float  # raw cosine
+
+
+@dataclass(frozen=True)
+class PathReward:
+    node_ids: tuple[int, ...]  # root first
+    reward: float
+    n_sentences: int
+    text: str
+    self_term: float  # reward = self_term + relevance_term
+    relevance_term: float
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    chosen: PathReward
+    rejected: PathReward
+
+
+def relevance_reward(cos: float) -> float:
+    """R_I = max(100 * cos, 0)."""
+    return max(100.0 * cos, 0.0)
+
+
+_WORD = re.compile(r"[A-Za-z']+")
+
+
+def filter_reason(text: str, cfg: RewardConfig) -> str | None:
+    """Why a sentence is degenerate ("too_short", "repeated_words", "non_text"), or None if it is fine."""
+    stripped = text.strip()
+    if len(stripped) < cfg.min_chars:
+        return "too_short"
+    words = [w.lower() for w in _WORD.findall(stripped)]
+    run = 1
+    for previous, word in zip(words, words[1:]):
+        run = run + 1 if word == previous else 1
+        if run >= cfg.max_word_repeat:
+            return "repeated_words"
+    visible = [c for c in stripped if not c.isspace()]
+    if sum(c.isalpha() for c in visible) < cfg.min_alpha_ratio * len(visible):
+        return "non_text"
+    return None
+
+
+def self_reward(node: ScoredNode, cfg: RewardConfig) -> float:
+    """R_T of one sentence for the value mode."""
+    if cfg.self_reward == "prob":
+        return math.exp(node.logprob_sum)
+    return math.exp(node.logprob_sum / max(node.token_count, 1))
+
+
+def sentence_value(node: ScoredNode, cfg: RewardConfig) -> tuple[float, float]:
+    """(weighted self part, weighted relevance part) of one sentence in the value mode."""
+    return (1.0 - cfg.lam) * self_reward(node, cfg), cfg.lam * relevance_reward(node.relevance)
+
+
+def score_paths(nodes: Sequence[ScoredNode], cfg: RewardConfig) -> list[PathReward]:
+    """Rewards of all complete, unfiltered paths, in the order their leaves were created.
+
+    Pass every node of the tree (pruned ones too) so that ranks are taken among all generated siblings; the
+    root is the node whose parent_id is None.
+    """
+    by_id = {n.node_id: n for n in nodes}
+    order = {n.node_id: i for i, n in enumerate(nodes)}
+    valid = {n.node_id for n in nodes if n.parent_id is None or filter_reason(n.text, cfg) is None}
+    ranks = _sibling_ranks(nodes, valid, order) if cfg.mode == "rank" else {}
+    paths = []
+    for leaf in nodes:
+        if not leaf.is_final or leaf.parent_id is None:
+            continue
+        chain = _chain(leaf, by_id)
+        if chain is None or not all(n.node_id in valid for n in chain):
+            continue
+        paths.append(_path_reward(chain, ranks, cfg))
+    return paths
+
+
+def _chain(leaf: ScoredNode, by_id: dict[int, ScoredNode]) -> list[ScoredNode] | None:
+    chain = [leaf]
+    while chain[-1].parent_id is not None:
+        parent = by_id.get(chain[-1].parent_id)
+        if parent is None:
+            return None
+        chain.append(parent)
+    return chain[::-1]
+
+
+def _sibling_ranks(nodes, valid, order) -> dict[int, tuple[float, float]]:
+    """node_id -> (rank by cumulative self score, rank by relevance) among its valid siblings."""
+    siblings = defaultdict(list)
+    for n in nodes:
+        if n.parent_id is not None and n.node_id in valid:
+            siblings[n.parent_id].append(n)
+    ranks = {}
+    for group in siblings.values():
+        by_self = sorted(group, key=lambda n: (-n.cum_score, order[n.node_id]))
+        by_relevance = sorted(group, key=lambda n: (-n.relevance, order[n.node_id]))
+        size = len(group)
+        self_rank = {n.node_id: (j + 1) / size for j, n in enumerate(by_self)}
+        relevance_rank = {n.node_id: (j + 1) / size for j, n in enumerate(by_relevance)}
+        for n in group:
+            ranks[n.node_id] = (self_rank[n.node_id], relevance_rank[n.node_id])
+    return ranks
+
+
+def _path_reward(chain: list[ScoredNode], ranks, cfg: RewardConfig) -> PathReward:
+    sentences = chain[1:]
+    if cfg.mode == "rank":
+        denominator = len(sentences) + 1
+        self_term = sum((1.0 - cfg.lam) * ranks[n.node_id][0] for n in sentences) / denominator
+        relevance_term = sum(cfg.lam * ranks[n.node_id][1] for n in sentences) / denominator
+    else:
+        parts = [sentence_value(n, cfg) for n in sentences]
+        self_term = sum(p[0] for p in parts)
+        relevance_term = sum(p[1] for p in parts)
+    return PathReward(
+        node_ids=tuple(n.node_id for n in chain),
+        reward=self_term + relevance_term,
+        n_sentences=len(sentences),
+        text=" ".join(n.text.strip() for n in sentences if n.text.strip()),
+        self_term=self_term,
+        relevance_term=relevance_term,
+    )
+
+
+def select_pair(paths: Sequence[PathReward], cfg: RewardConfig) -> PreferencePair | None:
+    """Best path as chosen, worst as rejected; None with fewer than two paths.
+
+    rank mode: lower reward is better; value mode: higher is better. The chosen path is the first best one,
+    the rejected the last worst one other than it, so they differ whenever two paths exist.
+    """
+    if len(paths) < 2:
+        return None
+    sign = -1.0 if cfg.mode == "rank" else 1.0
+    goodness = [sign * p.reward for p in paths]
+    chosen_index = max(range(len(paths)), key=lambda i: (goodness[i], -i))
+    others = [i for i in range(len(paths)) if i != chosen_index]
+    rejected_index = min(others, key=lambda i: (goodness[i], -i))
+    return PreferencePair(chosen=paths[chosen_index], rejected=paths[rejected_index])

@@ -107,12 +107,13 @@ def _build_section(name: str, cls: type, values: dict[str, Any]):
         raise ValueError(f"unknown key(s) in '{name}': {', '.join(sorted(unknown))} "
                          f"(known: {', '.join(sorted(fields))})")
     typed = {key: _coerce(f"{name}.{key}", value, hints[key]) for key, value in values.items()}
-    if preset is None:
-        return cls(**typed)
-    factory = getattr(cls, str(preset), None)
+    factory = cls if preset is None else getattr(cls, str(preset), None)
     if not callable(factory) or str(preset).startswith("_"):
         raise ValueError(f"unknown preset {preset!r} for '{name}'")
-    return dataclasses.replace(factory(), **typed)
+    try:
+        return dataclasses.replace(factory(), **typed) if preset is not None else cls(**typed)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
 
 
 def _coerce(name: str, value: Any, kind: Any) -> Any:

@@ -1,0 +1,180 @@
+"""The `csr` command line."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Callable
+
+EXAMPLES = """examples:
+  csr run                                  # CSR on the miniature world (builds it first if missing)
+  csr run --rounds 3 --set reward.lam=0.5  # three rounds, another visual weight
+  csr run --config configs/paper.yaml --set model.path=/models/llava-1.5-7b-hf
+  csr rescore --lam 0.5                    # new pairs from stored candidates; no VLM, no CLIP
+  csr sql "SELECT round, count(*) FROM preference_pairs_v GROUP BY round"
+  csr status
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    from storage.store import StoreLockedError
+
+    try:
+        return args.handler(args) or 0
+    except (ValueError, FileNotFoundError, LookupError, StoreLockedError) as exc:
+        print(f"csr: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("csr: interrupted; rerun the same command to resume where it stopped", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="csr", description="Calibrated Self-Rewarding for vision-language models, resumable, on DuckDB.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    run = _command(commands, "run", cmd_run, "run CSR rounds end to end (evaluate, then sample -> ... -> DPO)")
+    _config_options(run)
+    run.add_argument("--rounds", type=int, help="number of CSR rounds (default: the config's `rounds`)")
+
+    world = _command(commands, "world", None, "the miniature world (embedded default data and models)")
+    world_commands = world.add_subparsers(title="world commands", metavar="COMMAND")
+    build = _command(world_commands, "build", cmd_world_build, "build scenes, corpus, base VLM and CLIP scorer")
+    _config_options(build)
+    build.add_argument("--seed", type=int, help="world seed (same seed, same world)")
+
+    rescore = _command(commands, "rescore", cmd_rescore,
+                       "recompute calibrated rewards and pairs for stored candidates (no VLM, no CLIP)")
+    _config_options(rescore)
+    rescore.add_argument("--lam", type=float, help="visual weight λ in [0, 1] (reward.lam)")
+    rescore.add_argument("--mode", choices=["rank", "value"], help="calibration mode (reward.mode)")
+    rescore.add_argument("--round", type=int, dest="round_", help="only the candidates of this round")
+    rescore.add_argument("--tree", help="only this candidate tree stage key")
+
+    sql = _command(commands, "sql", cmd_sql, "run a read-only SQL query on the artifact store")
+    sql.add_argument("query", help="SQL, e.g. \"SELECT * FROM preference_pairs_v LIMIT 5\"")
+    sql.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    sql.add_argument("--db", default="./csr.duckdb", help="DuckDB file (default ./csr.duckdb)")
+
+    status = _command(commands, "status", cmd_status, "stages with keys, status, item counts and timings")
+    status.add_argument("--db", default="./csr.duckdb", help="DuckDB file (default ./csr.duckdb)")
+    return parser
+
+
+def _command(commands, name: str, handler: Callable | None, help_text: str) -> argparse.ArgumentParser:
+    sub = commands.add_parser(name, help=help_text, description=help_text)
+    sub.set_defaults(handler=handler)
+    return sub
+
+
+def _config_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", action="append", default=[], metavar="YAML",
+                        help="config file merged over configs/default.yaml (repeatable)")
+    parser.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
+                        help="override a setting, e.g. --set search.num_token_beams=3 (repeatable)")
+    parser.add_argument("--db", help="DuckDB file (default ./csr.duckdb)")
+    parser.add_argument("--data-dir", help="where models, images and runs are written (default ./csr_data)")
+
+
+def _overrides(args, **extra) -> list[str]:
+    values = list(args.overrides)
+    if getattr(args, "db", None):
+        values.append(f"db={args.db}")
+    if getattr(args, "data_dir", None):
+        values.append(f"data_dir={args.data_dir}")
+    values += [f"{key}={value}" for key, value in extra.items() if value is not None]
+    return values
+
+
+def _validated(args, **extra):
+    """Load and check the config before anything starts (exit 2 on a bad setting)."""
+    from flows.config import load_config
+    from flows.inputs import check_user_inputs
+
+    overrides = _overrides(args, **extra)
+    cfg = load_config(args.config, overrides)
+    check_user_inputs(cfg)
+    _check_db_writable(cfg.db)
+    return cfg, overrides
+
+
+def _check_db_writable(path: str) -> None:
+    from storage.store import Store
+
+    Store(path).close()  # raises StoreLockedError naming the holder
+
+
+def cmd_run(args) -> int:
+    cfg, overrides = _validated(args, rounds=args.rounds)
+    from flows.pipeline import csr_pipeline
+
+    summary = csr_pipeline(config_files=args.config, overrides=overrides)
+    print(json.dumps(summary, indent=2))
+    print(f"done: artifacts in {cfg.db}; try `csr status --db {cfg.db}`")
+    return 0
+
+
+def cmd_world_build(args) -> int:
+    cfg, overrides = _validated(args, **{"world.seed": args.seed})
+    from flows.pipeline import world_flow
+
+    print(json.dumps(world_flow(config_files=args.config, overrides=overrides), indent=2))
+    print(f"world built in {cfg.world_dir}")
+    return 0
+
+
+def cmd_rescore(args) -> int:
+    _cfg, overrides = _validated(args, **{"reward.lam": args.lam, "reward.mode": args.mode})
+    from flows.rescore import rescore
+
+    results = rescore(config_files=args.config, overrides=overrides, round_=args.round_, tree_key=args.tree)
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+def cmd_sql(args) -> int:
+    from storage.store import Store
+
+    store = Store(args.db, read_only=True)
+    try:
+        frame = store.df(args.query)
+    finally:
+        store.close()
+    if args.format == "csv":
+        print(frame.to_csv(index=False), end="")
+    elif args.format == "json":
+        print(frame.to_json(orient="records", indent=1, date_format="iso"))
+    else:
+        print(frame.to_string(index=False, max_colwidth=80))
+    return 0
+
+
+def cmd_status(args) -> int:
+    from storage.store import Store
+
+    store = Store(args.db, read_only=True)
+    try:
+        frame = store.df(
+            "SELECT stage, stage_key, status, n_items, n_done, n_failed, round(seconds, 1) AS seconds, "
+            "strftime(started_at, '%Y-%m-%d %H:%M:%S') AS started, error FROM stages_v")
+        invalid = store.scalar("SELECT count(*) FROM prompts WHERE status = 'invalid'")
+    finally:
+        store.close()
+    if frame.empty:
+        print(f"no stages recorded in {args.db}")
+        return 0
+    print(frame.to_string(index=False, max_colwidth=60))
+    print(f"\n{len(frame)} stages; {int((frame.status == 'complete').sum())} complete; "
+          f"{int(frame.n_failed.fillna(0).sum())} failed items; {invalid} invalid prompt rows")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

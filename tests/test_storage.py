@@ -1,0 +1,72 @@
+import subprocess
+import sys
+import textwrap
+
+import pandas as pd
+import pytest
+
+from storage import stages
+from storage.artifacts import write_items
+from storage.store import SCHEMA_VERSION, Store, StoreLockedError
+
+
+def _nodes(prompt_ids):
+    return pd.DataFrame([{"prompt_id": p, "node_id": i, "parent_id": None if i == 0 else 0, "depth": min(i, 1),
+                          "text": f"s{i}.", "token_count": 2, "logprob_sum": -1.0, "score": -0.5,
+                          "cum_score": -0.5, "is_final": i == 2, "finish_reason": "eos", "kept": True}
+                         for p in prompt_ids for i in range(3)])
+
+
+def test_migrations_are_recorded_and_idempotent(tmp_path):
+    path = tmp_path / "a.duckdb"
+    Store(path).close()
+    store = Store(path)
+    assert store.scalar("SELECT max(version) FROM schema_version") == SCHEMA_VERSION
+    assert store.scalar("SELECT count(*) FROM schema_version") == SCHEMA_VERSION
+    names = {r[0] for r in store.rows("SELECT view_name FROM duckdb_views() WHERE NOT internal")}
+    assert {"preference_pairs_v", "tree_v", "stages_v", "lineage_v"} <= names
+
+
+def test_item_writes_replace_their_slice_and_record_progress(tmp_path):
+    store = Store(tmp_path / "a.duckdb")
+    stages.begin_stage(store, "generate_candidates", "k1", {"a": 1}, {}, n_items=3)
+    write_items(store, "tree_nodes", "k1", _nodes(["p1", "p2"]), ["p1", "p2"])
+    write_items(store, "tree_nodes", "k1", _nodes(["p2"]), ["p2"], {"p3": "bad image"})  # p2 again
+    assert store.scalar("SELECT count(*) FROM tree_nodes WHERE stage_key = 'k1'") == 6
+    assert stages.finished_items(store, "k1") == {"p1", "p2", "p3"}
+    stages.finish_stage(store, "k1")
+    record = stages.get_stage(store, "k1")
+    assert (record.status, record.n_done, record.n_failed) == ("complete", 2, 1)
+    assert stages.item_errors(store, "k1") == [("p3", "bad image")]
+
+
+def test_a_failed_write_leaves_nothing_behind(tmp_path):
+    store = Store(tmp_path / "a.duckdb")
+    bad = _nodes(["p1"]).assign(depth="not a number")
+    with pytest.raises(Exception):
+        write_items(store, "tree_nodes", "k1", bad, ["p1"])
+    assert store.scalar("SELECT count(*) FROM tree_nodes") == 0
+    assert store.scalar("SELECT count(*) FROM stage_items") == 0
+
+
+def test_a_locked_database_names_its_holder(tmp_path):
+    path = tmp_path / "locked.duckdb"
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import duckdb, sys, time
+        con = duckdb.connect({str(path)!r})
+        print("ready", flush=True)
+        time.sleep(60)
+    """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        with pytest.raises(StoreLockedError) as info:
+            Store(path)
+        assert f"PID {holder.pid}" in str(info.value) and "in use by another process" in str(info.value)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_read_only_store_of_a_missing_file_says_so(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no csr database"):
+        Store(tmp_path / "missing.duckdb", read_only=True)

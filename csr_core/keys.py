@@ -15,7 +15,7 @@ from csr_core import __version__
 
 def canonical_json(value: Any) -> str:
     """JSON with sorted keys and no whitespace; dataclasses become dicts, tuples lists."""
-    return json.dumps(_plain(value), sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return json.dumps(plain_data(value), sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
 def stage_key(stage: str, config: Any, upstream: Mapping[str, str], version: str = __version__) -> str:
@@ -23,11 +23,12 @@ def stage_key(stage: str, config: Any, upstream: Mapping[str, str], version: str
     return f"{stage}-{hashlib.sha256(payload.encode()).hexdigest()[:16]}"
 
 
-def _plain(value: Any) -> Any:
+def plain_data(value: Any) -> Any:
+    """Dataclasses as dicts, tuples as lists: the form configs are hashed and stored in."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {f.name: plain_data(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain_data(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain_data(v) for v in value]
     return value

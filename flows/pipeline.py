@@ -42,28 +42,53 @@ def csr_pipeline(config_files: list[str] | None = None, overrides: list[str] | N
                  rounds: int | None = None) -> dict:
     """CSR end to end: evaluate the base model, then `rounds` rounds of self-rewarded DPO."""
     cfg = load_config(config_files or [], overrides or [])
-    inputs = check_user_inputs(cfg)
-    if cfg.uses_world:
-        build_world(cfg)
-    policy = Policy(register_base_model(cfg.db, inputs.model_dir), inputs.model_dir)
-    summary = {"rounds": [], "base_eval": evaluate_policy(cfg, inputs, policy, 0)}
+    inputs = prepare(cfg)
+    policy = policy_for_round(cfg, inputs, 1)
+    summary: dict = {"base_eval": evaluate_policy(cfg, inputs, policy, 0), "rounds": []}
     for round_ in range(1, (cfg.rounds if rounds is None else rounds) + 1):
         keys = csr_round(cfg, inputs, policy, round_)
-        policy = Policy(keys["model"], registered_model_dir(cfg.db, keys["model"]))
+        policy = policy_of(cfg, keys["model"])
         summary["rounds"].append(keys)
     return summary
 
 
-def csr_round(cfg: RunConfig, inputs: Inputs, policy: Policy, round_: int) -> dict[str, str | None]:
+def csr_round(cfg: RunConfig, inputs: Inputs, policy: Policy, round_: int, *, with_eval: bool = True
+              ) -> dict[str, str | None]:
     """One round: candidates from the current policy, rewards, pairs, DPO, evaluation of the new policy."""
-    keys = candidates(cfg, inputs, policy, round_)
-    keys["pairs"] = calibrate_select(cfg.db, cfg.reward, keys["tree"], keys["relevance"], keys["prompts"])
-    keys["pair_accuracy"] = pair_accuracy(cfg.db, keys["pairs"], inputs.pool_file, inputs.vocab_file)
+    keys: dict[str, str | None] = {**candidates(cfg, inputs, policy, round_)}
+    keys["pairs"] = pairs(cfg, inputs, keys)
     keys["model"] = dpo_finetune(cfg.db, cfg.dpo, cfg.model, policy.key, policy.path, keys["pairs"], cfg.data_dir,
                                  round_)
-    keys["eval"] = evaluate_policy(cfg, inputs, Policy(keys["model"], registered_model_dir(cfg.db, keys["model"])),
-                                   round_)
+    if with_eval:
+        keys["eval"] = evaluate_policy(cfg, inputs, policy_of(cfg, keys["model"]), round_)
     return keys
+
+
+def pairs(cfg: RunConfig, inputs: Inputs, keys: dict) -> str:
+    """Calibrated rewards and chosen/rejected pairs (plus their accuracy where ground truth exists)."""
+    pairs_key = calibrate_select(cfg.db, cfg.reward, keys["tree"], keys["relevance"], keys["prompts"])
+    keys["pair_accuracy"] = pair_accuracy(cfg.db, pairs_key, inputs.pool_file, inputs.vocab_file)
+    return pairs_key
+
+
+def policy_of(cfg: RunConfig, model_key: str) -> Policy:
+    return Policy(model_key, registered_model_dir(cfg.db, model_key))
+
+
+def policy_for_round(cfg: RunConfig, inputs: Inputs, round_: int) -> Policy:
+    """The policy that generates round `round_`'s candidates (earlier rounds are cache hits once done)."""
+    policy = Policy(register_base_model(cfg.db, inputs.model_dir), inputs.model_dir)
+    for earlier in range(1, round_):
+        policy = policy_of(cfg, csr_round(cfg, inputs, policy, earlier, with_eval=False)["model"])
+    return policy
+
+
+def prepare(cfg: RunConfig) -> Inputs:
+    """Check the user's inputs and build the miniature world's when the config uses them."""
+    inputs = check_user_inputs(cfg)
+    if cfg.uses_world:
+        build_world(cfg)
+    return inputs
 
 
 def candidates(cfg: RunConfig, inputs: Inputs, policy: Policy, round_: int) -> dict[str, str]:

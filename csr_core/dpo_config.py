@@ -83,9 +83,13 @@ class DPOConfig:
 
     @classmethod
     def world(cls) -> DPOConfig:
-        """CPU preset for the miniature world's tiny LLaVA: small LoRA, a learning rate a tiny model can feel."""
+        """CPU preset for the miniature world's tiny LLaVA.
+
+        lr 1e-4 with LoRA r16/alpha32 moves the policy as fast as full fine-tuning at 1e-5 (the rate a prototype
+        found to work; 3e-5 collapsed), measured as reward-margin growth over 8 steps on a 128-wide LLaVA.
+        """
         return cls(
-            learning_rate=5e-5,
+            learning_rate=1e-4,
             num_epochs=2.0,
             batch_size=4,
             warmup_ratio=0.0,

@@ -60,6 +60,12 @@ def test_one_step_logs_metrics_and_saves_adapter(tiny_llava, pairs, tmp_path):
     assert again == result and rerun_logs == []  # a finished round is not trained again
     assert json.loads((tmp_path / "result.json").read_text())["steps"] == 1
 
+    fresh_logs = []
+    fresh = train_dpo(
+        tiny_llava, pairs, FAST.with_overrides(max_steps=1), tmp_path, on_log=fresh_logs.append, resume=False
+    )
+    assert [record["step"] for record in fresh_logs] == [1] and fresh.resumed_from_step == 0
+
 
 def test_lora_targets_only_language_model_linears(tiny_llava, pairs, tmp_path):
     train_dpo(tiny_llava, pairs, FAST.with_overrides(max_steps=1), tmp_path)

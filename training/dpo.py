@@ -78,7 +78,9 @@ def train_dpo(
     """Train a LoRA adapter on `pairs` with DPO against the frozen model in `model_dir` (policy = reference).
 
     With `resume`, a finished round (result.json) is returned as is and an interrupted one continues from its
-    last checkpoint; without it, existing checkpoints are ignored and overwritten.
+    last checkpoint; without it, a previous run in `out_dir` is deleted and training starts from scratch.
+    `on_log` gets one dict per optimizer step: loss, rewards/{chosen,rejected,margins,accuracies},
+    logps/{chosen,rejected}, learning_rate, grad_norm, step, epoch.
     """
     out_dir = Path(out_dir)
     result_file = out_dir / "result.json"
@@ -89,7 +91,9 @@ def train_dpo(
     from trl import DPOTrainer
 
     checkpoint_dir = out_dir / "checkpoints"
-    last_checkpoint = get_last_checkpoint(str(checkpoint_dir)) if resume and checkpoint_dir.is_dir() else None
+    if not resume:
+        _clear_previous_run(out_dir)
+    last_checkpoint = get_last_checkpoint(str(checkpoint_dir)) if checkpoint_dir.is_dir() else None
     model, processor = load_model_and_processor(model_dir, cfg, trust_remote_code)
     logger = _StepLogger(on_log)
     trainer = DPOTrainer(
@@ -184,6 +188,15 @@ def _on_cuda(cfg: DPOConfig) -> bool:
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device: 'cuda' requested but CUDA is not available")
     return cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+
+
+def _clear_previous_run(out_dir: Path) -> None:
+    for name in ("result.json", "checkpoints", "adapter"):
+        path = out_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
 
 
 def _checkpoint_step(checkpoint: str | None) -> int:

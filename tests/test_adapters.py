@@ -1,0 +1,87 @@
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).parent))
+from tiny_models import make_tiny_clip, make_tiny_llava  # noqa: E402
+
+from csr_core.adapters.relevance import OpenClipRelevance  # noqa: E402
+from csr_core.adapters.vlm import LlavaAdapter, delimiter_token_ids  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_vlm(tmp_path_factory):
+    torch.set_num_threads(2)
+    return LlavaAdapter.from_pretrained(make_tiny_llava(tmp_path_factory.mktemp("llava")))
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    return OpenClipRelevance.from_pretrained(make_tiny_clip(tmp_path_factory.mktemp("clip")))
+
+
+IMAGES = [Image.new("RGB", (40, 30), (200, 10, 10)), Image.new("RGB", (32, 32), (0, 0, 255))]
+
+
+def test_tiny_llava_reloads_with_auto_classes(tmp_path):
+    from transformers import AutoModelForImageTextToText, AutoProcessor, LlavaForConditionalGeneration
+
+    path = make_tiny_llava(tmp_path)
+    assert AutoProcessor.from_pretrained(path).tokenizer.convert_tokens_to_ids("<image>") >= 0
+    assert isinstance(AutoModelForImageTextToText.from_pretrained(path), LlavaForConditionalGeneration)
+
+
+def test_format_prompt_places_image_per_template(tiny_vlm):
+    assert tiny_vlm.format_prompt("What is this? <image>") == "USER: <image>\nWhat is this? ASSISTANT:"
+    assert tiny_vlm.format_prompt("<image>\nDescribe.") == "USER: <image>\nDescribe. ASSISTANT:"
+
+
+def test_delimiter_ids_come_from_the_tokenizer(tiny_vlm):
+    vocab = tiny_vlm.tokenizer.get_vocab()
+    assert tiny_vlm.delimiter_ids == frozenset({vocab["."]})
+    assert tiny_vlm.eos_ids == frozenset({vocab["</s>"]})
+    assert delimiter_token_ids(tiny_vlm.tokenizer, delimiter="?") == [vocab["?"]]
+
+
+def test_prefix_cache_plus_tail_matches_full_forward(tiny_vlm):
+    """The first logits of a node (prefix cache + padded tail) equal a plain forward over the whole sequence."""
+    from csr_core.adapters.vlm import _NodeBatch
+
+    vocab = tiny_vlm.tokenizer.get_vocab()
+    response = [vocab["a"], vocab["dog"], vocab["."]]
+    prefixes = [tiny_vlm.encode_prefix(IMAGES[0], "<image>\ndescribe"), tiny_vlm.encode_prefix(IMAGES[1], "hi")]
+    batch = _NodeBatch(tiny_vlm.model, prefixes, [response, []], tiny_vlm.device)
+    logits = batch.prefill()
+    for row, (image, text, resp) in enumerate([(IMAGES[0], "<image>\ndescribe", response), (IMAGES[1], "hi", [])]):
+        inputs = tiny_vlm._inputs([image], [text])
+        ids = torch.cat([inputs["input_ids"], torch.tensor([resp], dtype=torch.long)], dim=1)
+        with torch.no_grad():
+            full = tiny_vlm.model(input_ids=ids, pixel_values=inputs["pixel_values"]).logits[0, -1]
+        assert torch.allclose(logits[row], full, atol=1e-4)
+
+
+def test_generate_is_batched_and_seeded(tiny_vlm):
+    prompts = ["<image>\ndescribe the image", "is there a dog? <image>"]
+    greedy = tiny_vlm.generate(IMAGES, prompts, max_new_tokens=5, batch_size=1)
+    assert greedy == tiny_vlm.generate(IMAGES, prompts, max_new_tokens=5, batch_size=2)
+    sampled = tiny_vlm.generate(IMAGES, prompts, do_sample=True, max_new_tokens=5, num_return_sequences=3, seed=7)
+    assert len(sampled) == 2 and all(len(s) == 3 for s in sampled)
+    assert sampled == tiny_vlm.generate(IMAGES, prompts, do_sample=True, max_new_tokens=5, num_return_sequences=3,
+                                        seed=7)
+
+
+def test_relevance_matches_per_pair_cosine(tiny_clip):
+    texts = ["a red square", "a blue square", "a dog " * 100]  # the last one is longer than the context
+    index = [0, 1, 1]
+    batched = tiny_clip.cosine(IMAGES, texts, index)
+    for cos, text, i in zip(batched, texts, index):
+        image = tiny_clip.encode_images([IMAGES[i]])
+        single = (image * tiny_clip.encode_texts([text])).sum().item()
+        assert cos == pytest.approx(single, abs=1e-5)
+    assert all(-1.0 <= c <= 1.0 for c in batched)
+    assert tiny_clip.cosine(IMAGES, [], []) == []
+    with pytest.raises(ValueError):
+        tiny_clip.cosine(IMAGES, ["x"], [0, 1])

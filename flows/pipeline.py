@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 from prefect import flow
 
+from csr_core.config import WORLD
 from flows.config import RunConfig, load_config
 from flows.inputs import Inputs, check_user_inputs
 from tasks.calibrate import calibrate_select
@@ -30,11 +31,15 @@ def world_flow(config_files: list[str] | None = None, overrides: list[str] | Non
     return build_world(load_config(config_files or [], overrides or []))
 
 
-def build_world(cfg: RunConfig) -> dict[str, str]:
-    scenes = build_scenes(cfg.db, cfg.world, str(cfg.world_dir))
-    return {"scenes": scenes,
-            "vlm": train_world_vlm(cfg.db, cfg.world, str(cfg.world_dir), scenes),
-            "clip": train_world_clip(cfg.db, cfg.world, str(cfg.world_dir), scenes)}
+def build_world(cfg: RunConfig, *, everything: bool = True) -> dict[str, str]:
+    """The world's scenes, and those of its models the run uses (all of them with `everything`)."""
+    world_dir = str(cfg.world_dir)
+    keys = {"scenes": build_scenes(cfg.db, cfg.world, world_dir)}
+    if everything or cfg.model.path == WORLD:
+        keys["vlm"] = train_world_vlm(cfg.db, cfg.world, world_dir, keys["scenes"])
+    if everything or cfg.relevance.model_dir == WORLD:
+        keys["clip"] = train_world_clip(cfg.db, cfg.world, world_dir, keys["scenes"])
+    return keys
 
 
 @flow(name="csr-pipeline", log_prints=True)
@@ -87,7 +92,7 @@ def prepare(cfg: RunConfig) -> Inputs:
     """Check the user's inputs and build the miniature world's when the config uses them."""
     inputs = check_user_inputs(cfg)
     if cfg.uses_world:
-        build_world(cfg)
+        build_world(cfg, everything=False)
     return inputs
 
 

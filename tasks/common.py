@@ -110,6 +110,7 @@ def run_item_stage(
                 for item, reason in result.failed.items():
                     logger().warning("%s: item %s failed: %s", spec.stage, item, reason)
                 bar.update(len(chunk))
+                logger().info("%s %s: committed %d/%d items", spec.stage, spec.key, bar.n, len(items))
     except BaseException as exc:
         stages.finish_stage(store, spec.key, "failed", f"{type(exc).__name__}: {exc}")
         raise

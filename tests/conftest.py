@@ -60,5 +60,5 @@ def tiny_run(tiny_world, tmp_path):
     shutil.copy(tiny_world["db"], db)
     yield {"config_files": [str(ROOT / "configs" / "tiny.yaml")],
            "overrides": [f"db={db}", f"data_dir={tiny_world['data_dir']}"], "db": db,
-           "data_dir": tiny_world["data_dir"]}
+           "data_dir": tiny_world["data_dir"], "world_db": tiny_world["db"]}
     close_all()

@@ -102,11 +102,13 @@ def diverse_beam_search(
     stop_ids: Sequence[int],
     eos_ids: Sequence[int],
     max_new_tokens: Sequence[int],
+    suppress_ids: Sequence[int] = (),
 ) -> list[list[Candidate]]:
     """Run one search per row of `first_logits` ([P, vocab], the next-token logits of each context).
 
     `stop_ids` end a sentence ("delimiter"), `eos_ids` end the response ("eos"); `max_new_tokens[p]` is search
-    p's token budget ("length"). Returns, per search, its `num_beams` candidates sorted by score, best first.
+    p's token budget ("length"); `suppress_ids` get log-prob -inf (after the softmax, like transformers'
+    `suppress_tokens`). Returns, per search, its `num_beams` candidates sorted by score, best first.
     """
     num_searches, vocab = first_logits.shape
     if len(max_new_tokens) != num_searches:
@@ -117,6 +119,7 @@ def diverse_beam_search(
     groups, size = params.num_beam_groups, params.group_size
     top_k = min(max(2, 1 + len(stop_tensor)) * size, size * vocab)
 
+    suppress = torch.tensor(sorted(set(suppress_ids)), dtype=torch.long, device=device) if suppress_ids else None
     state = _SearchState(num_searches, params, device)
     pools = [[[] for _ in range(groups)] for _ in range(num_searches)]
     still_improving = torch.ones(num_searches, groups, dtype=torch.bool, device=device)
@@ -129,6 +132,8 @@ def diverse_beam_search(
     while True:
         step += 1
         log_probs = torch.log_softmax(logits.float(), dim=-1).view(len(active), groups, size, vocab)
+        if suppress is not None:
+            log_probs[..., suppress] = float("-inf")
         at_limit = budget[active] <= step
         parent, tokens = _advance_groups(
             log_probs, state, params, stop_tensor, at_limit, top_k,

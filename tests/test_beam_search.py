@@ -124,7 +124,7 @@ def test_matches_transformers_beam_search(tiny_vlm, instruction):
     ref = tiny_vlm.model.generate(
         **inputs, num_beams=k, num_return_sequences=k, output_scores=True, return_dict_in_generate=True,
         max_new_tokens=budget, eos_token_id=stop,
-        length_penalty=1.0, do_sample=False, early_stopping=False,
+        length_penalty=1.0, do_sample=False, early_stopping=False, suppress_tokens=sorted(tiny_vlm.suppress_ids),
     )
     prompt_len = inputs["input_ids"].shape[1]
     fill = tiny_vlm.tokenizer.pad_token_id or stop[0]  # what generate pads finished beams with

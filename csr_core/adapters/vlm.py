@@ -48,6 +48,8 @@ class LlavaAdapter:
         self.device = torch.device(device)
         self.eos_ids = frozenset(_eos_ids(model, self.tokenizer))
         self.delimiter_ids = frozenset(delimiter_token_ids(self.tokenizer)) - self.eos_ids
+        # never generated during the search: an image placeholder in a response would break re-encoding
+        self.suppress_ids = frozenset(_suppressed_ids(model, self.tokenizer))
 
     @classmethod
     def from_pretrained(cls, model_dir, *, device="cpu", dtype=None, trust_remote_code=False) -> LlavaAdapter:
@@ -106,6 +108,7 @@ class LlavaAdapter:
         return diverse_beam_search(
             first_logits, batch.step, params,
             stop_ids=sorted(self.delimiter_ids), eos_ids=sorted(self.eos_ids), max_new_tokens=max_new_tokens,
+            suppress_ids=sorted(self.suppress_ids),
         )
 
     # --- evaluation ---------------------------------------------------------------------------------------
@@ -208,6 +211,12 @@ def delimiter_token_ids(tokenizer, delimiter: str = ".") -> list[int]:
         if text.endswith(delimiter):
             ids.append(token_id)
     return sorted(ids)
+
+
+def _suppressed_ids(model, tokenizer) -> list[int]:
+    ids = {getattr(model.config, "image_token_id", None), getattr(model.config, "image_token_index", None)}
+    ids.add(tokenizer.pad_token_id if tokenizer.pad_token_id not in (tokenizer.eos_token_id, None) else None)
+    return sorted(i for i in ids if i is not None)
 
 
 def _eos_ids(model, tokenizer) -> list[int]:

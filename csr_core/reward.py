@@ -121,21 +121,30 @@ def score_paths(nodes: Sequence[ScoredNode], cfg: RewardConfig) -> list[PathRewa
     """Rewards of all complete, unfiltered paths, in the order their leaves were created.
 
     Pass every node of the tree (pruned ones too) so that ranks are taken among all generated siblings; the
-    root is the node whose parent_id is None.
+    root is the node whose parent_id is None. A final node with no text (the model emitted EOS right away)
+    ends its parent's response: it is no sentence, takes no rank, and is never filtered. Paths with the same
+    text are kept once (the first), so a chosen and a rejected path always differ in text.
     """
     by_id = {n.node_id: n for n in nodes}
     order = {n.node_id: i for i, n in enumerate(nodes)}
-    valid = {n.node_id for n in nodes if n.parent_id is None or filter_reason(n.text, cfg) is None}
+    valid = {n.node_id for n in nodes
+             if n.parent_id is None or _is_terminator(n) or filter_reason(n.text, cfg) is None}
     ranks = _sibling_ranks(nodes, valid, order) if cfg.mode == "rank" else {}
-    paths = []
+    paths: dict[str, PathReward] = {}
     for leaf in nodes:
         if not leaf.is_final or leaf.parent_id is None:
             continue
         chain = _chain(leaf, by_id)
         if chain is None or not all(n.node_id in valid for n in chain):
             continue
-        paths.append(_path_reward(chain, ranks, cfg))
-    return paths
+        path = _path_reward(chain, ranks, cfg)
+        if path.n_sentences and path.text not in paths:
+            paths[path.text] = path
+    return list(paths.values())
+
+
+def _is_terminator(node: ScoredNode) -> bool:
+    return node.is_final and not node.text.strip()
 
 
 def _chain(leaf: ScoredNode, by_id: dict[int, ScoredNode]) -> list[ScoredNode] | None:
@@ -152,7 +161,7 @@ def _sibling_ranks(nodes, valid, order) -> dict[int, tuple[float, float]]:
     """node_id -> (rank by cumulative self score, rank by relevance) among its valid siblings."""
     siblings = defaultdict(list)
     for n in nodes:
-        if n.parent_id is not None and n.node_id in valid:
+        if n.parent_id is not None and n.node_id in valid and not _is_terminator(n):
             siblings[n.parent_id].append(n)
     ranks = {}
     for group in siblings.values():
@@ -167,7 +176,7 @@ def _sibling_ranks(nodes, valid, order) -> dict[int, tuple[float, float]]:
 
 
 def _path_reward(chain: list[ScoredNode], ranks, cfg: RewardConfig) -> PathReward:
-    sentences = chain[1:]
+    sentences = [n for n in chain[1:] if not _is_terminator(n)]
     if cfg.mode == "rank":
         denominator = len(sentences) + 1
         self_term = sum((1.0 - cfg.lam) * ranks[n.node_id][0] for n in sentences) / denominator

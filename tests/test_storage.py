@@ -1,6 +1,7 @@
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -8,6 +9,8 @@ import pytest
 from storage import stages
 from storage.artifacts import write_items
 from storage.store import SCHEMA_VERSION, Store, StoreLockedError
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _nodes(prompt_ids):
@@ -49,7 +52,7 @@ def test_a_failed_write_leaves_nothing_behind(tmp_path):
     assert store.scalar("SELECT count(*) FROM stage_items") == 0
 
 
-def test_a_locked_database_names_its_holder(tmp_path):
+def test_a_locked_database_names_its_holder(tmp_path, capsys):
     path = tmp_path / "locked.duckdb"
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import duckdb, sys, time
@@ -62,6 +65,12 @@ def test_a_locked_database_names_its_holder(tmp_path):
         with pytest.raises(StoreLockedError) as info:
             Store(path)
         assert f"PID {holder.pid}" in str(info.value) and "in use by another process" in str(info.value)
+        from flows.cli import main as csr
+
+        assert csr(["status", "--db", str(path)]) == 2
+        assert csr(["run", "--db", str(path), "--config", str(ROOT / "configs" / "tiny.yaml")]) == 2
+        err = capsys.readouterr().err
+        assert err.count(f"PID {holder.pid}") == 2 and "Traceback" not in err
     finally:
         holder.kill()
         holder.wait()

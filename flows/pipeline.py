@@ -36,9 +36,9 @@ def build_world(cfg: RunConfig, *, everything: bool = True) -> dict[str, str]:
     world_dir = str(cfg.world_dir)
     keys = {"scenes": build_scenes(cfg.db, cfg.world, world_dir)}
     if everything or cfg.model.path == WORLD:
-        keys["vlm"] = train_world_vlm(cfg.db, cfg.world, world_dir, keys["scenes"])
+        keys["vlm"] = train_world_vlm(cfg.db, cfg.world, world_dir, keys["scenes"], cfg.runtime.progress)
     if everything or cfg.relevance.model_dir == WORLD:
-        keys["clip"] = train_world_clip(cfg.db, cfg.world, world_dir, keys["scenes"])
+        keys["clip"] = train_world_clip(cfg.db, cfg.world, world_dir, keys["scenes"], cfg.runtime.progress)
     return keys
 
 

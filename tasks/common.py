@@ -151,3 +151,23 @@ def model_fingerprint(model_dir: str | Path) -> str:
 
 def dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True)
+
+
+class TrainingProgress:
+    """A progress bar per training phase, fed by `(phase, step, total, loss)` callbacks."""
+
+    def __init__(self, prefix: str, show: bool = True):
+        self.prefix, self.show, self.bars = prefix, show, {}
+
+    def __call__(self, phase: str, step: int, total: int, loss: float) -> None:
+        if not self.show:
+            return
+        bar = self.bars.get(phase)
+        if bar is None:
+            bar = self.bars[phase] = tqdm(total=total, desc=f"{self.prefix} {phase}", leave=False)
+        bar.update(step - bar.n)
+        bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()

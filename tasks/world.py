@@ -20,7 +20,7 @@ from csr_core.world.vocab import OBJECTS, SYNONYMS, THEMES
 from storage import stages
 from storage.artifacts import replace_stage_rows, rows_for
 from storage.store import open_store
-from tasks.common import TASK_OPTIONS, StageSpec, file_sha256, logger, run_whole_stage
+from tasks.common import TASK_OPTIONS, StageSpec, TrainingProgress, file_sha256, logger, run_whole_stage
 
 VLM_DIR = "models/vlm-base"
 CLIP_DIR = "models/clip"
@@ -56,7 +56,7 @@ def build_scenes(db: str, cfg: WorldConfig, world_dir: str) -> str:
 
 
 @task(name="world-vlm", **TASK_OPTIONS)
-def train_world_vlm(db: str, cfg: WorldConfig, world_dir: str, scenes_key: str) -> str:
+def train_world_vlm(db: str, cfg: WorldConfig, world_dir: str, scenes_key: str, show_progress: bool = True) -> str:
     from csr_core.world.vlm import train_base_vlm
 
     store = open_store(db)
@@ -66,7 +66,9 @@ def train_world_vlm(db: str, cfg: WorldConfig, world_dir: str, scenes_key: str) 
 
     def work(key: str) -> None:
         scenes, images = _train_split(store, cfg, scenes_key)
-        stats = train_base_vlm(scenes, images, build_corpus(scenes, cfg), cfg, out_dir)
+        progress = TrainingProgress("world VLM", show_progress)
+        stats = train_base_vlm(scenes, images, build_corpus(scenes, cfg), cfg, out_dir, progress=progress)
+        progress.close()
         (out_dir / "training_stats.json").write_text(json.dumps(stats, indent=2))
         logger().info("world VLM trained in %.0f s", stats.get("seconds", 0))
 
@@ -74,7 +76,7 @@ def train_world_vlm(db: str, cfg: WorldConfig, world_dir: str, scenes_key: str) 
 
 
 @task(name="world-clip", **TASK_OPTIONS)
-def train_world_clip(db: str, cfg: WorldConfig, world_dir: str, scenes_key: str) -> str:
+def train_world_clip(db: str, cfg: WorldConfig, world_dir: str, scenes_key: str, show_progress: bool = True) -> str:
     from csr_core.world.clip import train_relevance_clip
 
     store = open_store(db)
@@ -84,7 +86,9 @@ def train_world_clip(db: str, cfg: WorldConfig, world_dir: str, scenes_key: str)
 
     def work(key: str) -> None:
         scenes, images = _train_split(store, cfg, scenes_key)
-        stats = train_relevance_clip(scenes, images, cfg, out_dir)
+        progress = TrainingProgress("world CLIP", show_progress)
+        stats = train_relevance_clip(scenes, images, cfg, out_dir, progress=progress)
+        progress.close()
         (out_dir / "training_stats.json").write_text(json.dumps(stats, indent=2))
 
     return run_whole_stage(store, spec, work)

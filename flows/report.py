@@ -1,0 +1,343 @@
+"""The run report: Markdown tables and matplotlib plots from the artifact store, and a Prefect artifact.
+
+Every trained model is an *arm* (what picked its pairs: λ, random or oracle) at a round with a seed; its
+change is measured against its parent's evaluation under the same evaluation settings. Over seeds, the
+sweep table reports the mean change and its 95% t-interval.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from prefect import task
+
+from csr_core.report import arm_label, format_interval, markdown_table, mean_ci
+from storage import reports
+from storage.store import Store, open_store
+from tasks.common import TASK_OPTIONS
+
+POPE_SPLITS = ("random", "popular", "adversarial")
+# (column label, split, metric, scale): fractions are shown in points (x100).
+ROUND_COLUMNS = (("CHAIR_S greedy", "greedy", "chair_s", 100), ("CHAIR_I greedy", "greedy", "chair_i", 100),
+                 ("CHAIR_S sampled", "sampled", "chair_s", 100), ("CHAIR_I sampled", "sampled", "chair_i", 100),
+                 ("recall greedy", "greedy", "recall", 100), ("recall sampled", "sampled", "recall", 100),
+                 ("theme share", "sampled", "theme_share", 100), ("relevance", "greedy", "relevance", 1),
+                 ("words", "greedy", "mean_words", 1))
+POPE_COLUMNS = tuple((f"POPE {m} {s}", s, m, 100) for s in POPE_SPLITS for m in ("accuracy", "f1"))
+# Sweep headline: (label, split, metric, relative?): relative = change / parent value, in %.
+SWEEP_COLUMNS = (("CHAIR_I sampled, rel. %", "sampled", "chair_i", True),
+                 ("CHAIR_I sampled, pts", "sampled", "chair_i", False),
+                 ("CHAIR_S sampled, pts", "sampled", "chair_s", False),
+                 ("CHAIR_I greedy, rel. %", "greedy", "chair_i", True),
+                 ("recall sampled, pts", "sampled", "recall", False),
+                 ("relevance", "greedy", "relevance", False),
+                 ("POPE F1 adversarial, pts", "adversarial", "f1", False))
+
+
+@dataclass
+class ReportData:
+    metrics: pd.DataFrame  # eval_metrics under the main evaluation settings
+    arms: pd.DataFrame  # model_arms with `arm` and `seed`
+    pair_accuracy: pd.DataFrame
+    pair_rewards: pd.DataFrame
+    training: pd.DataFrame
+    n_other_evals: int  # evaluations under other settings, left out
+
+
+def load_report_data(store: Store) -> ReportData:
+    metrics = reports.eval_metrics(store)
+    n_other = 0
+    if not metrics.empty:
+        per_config = metrics.groupby("eval_config")["eval_key"].nunique()
+        main = per_config.idxmax()
+        n_other = int(per_config.sum() - per_config[main])
+        metrics = metrics[metrics["eval_config"] == main]
+    arms = reports.model_arms(store)
+    arms["arm"] = [arm_label(_num(lam), _str(mode)) for lam, mode in zip(arms["lam"], arms["mode"])]
+    arms["seed"] = arms["dpo_seed"]
+    accuracy = reports.pair_accuracies(store)
+    accuracy["arm"] = [arm_label(_num(lam), _str(mode)) for lam, mode in zip(accuracy["lam"], accuracy["mode"])]
+    return ReportData(metrics, arms, accuracy, reports.pair_rewards(store), reports.training_summary(store), n_other)
+
+
+# -- tables ----------------------------------------------------------------------------------
+def wide_metrics(data: ReportData) -> pd.DataFrame:
+    """One row per evaluated model: round, arm, seed, and a column per (split, metric)."""
+    if data.metrics.empty:
+        return pd.DataFrame()
+    wide = data.metrics.pivot_table(index="model_key", columns=["split", "metric"], values="value", aggfunc="first")
+    wide.columns = [f"{split}/{metric}" for split, metric in wide.columns]
+    info = data.arms.set_index("model_key")[["round", "arm", "seed", "parent_key", "pairs_key"]]
+    return info.join(wide, how="inner").reset_index().sort_values(["round", "arm", "seed", "model_key"])
+
+
+def sweep_deltas(data: ReportData, model_keys: list[str] | None = None) -> pd.DataFrame:
+    """Per trained model and (split, metric): its value, its parent's, the change and the relative change."""
+    wide = wide_metrics(data)
+    if wide.empty:
+        return pd.DataFrame(columns=["round", "arm", "seed", "model_key", "split", "metric", "parent", "value",
+                                     "delta", "relative"])
+    by_key = wide.set_index("model_key")
+    trained = wide[wide["parent_key"].isin(by_key.index)]
+    if model_keys is not None:
+        trained = trained[trained["model_key"].isin(model_keys)]
+    metric_columns = [c for c in wide.columns if "/" in c]
+    rows = []
+    for model in trained.itertuples(index=False):
+        parent = by_key.loc[model.parent_key]
+        values = by_key.loc[model.model_key]
+        for column in metric_columns:
+            split, metric = column.split("/", 1)
+            before, after = parent[column], values[column]
+            if pd.isna(before) or pd.isna(after):
+                continue
+            rows.append({"round": model.round, "arm": model.arm, "seed": model.seed, "model_key": model.model_key,
+                         "split": split, "metric": metric, "parent": before, "value": after,
+                         "delta": after - before, "relative": (after - before) / before if before else math.nan})
+    return pd.DataFrame(rows)
+
+
+def sweep_summary(deltas: pd.DataFrame, data: ReportData) -> list[dict]:
+    """Per (round, arm): seeds, preference accuracy and the headline changes, as mean and 95% interval."""
+    if deltas.empty:
+        return []
+    accuracy = data.pair_accuracy.set_index("pairs_key")["accuracy"]
+    pairs_of = data.arms.set_index("model_key")["pairs_key"]
+    rows = []
+    for (round_, arm), group in deltas.groupby(["round", "arm"], sort=True):
+        models = group["model_key"].unique()
+        row = {"round": int(round_), "arm": arm, "seeds": sorted({int(s) for s in group["seed"].dropna()}),
+               "pair_accuracy": mean_ci([accuracy.get(pairs_of[m], math.nan) for m in models])}
+        for label, split, metric, relative in SWEEP_COLUMNS:
+            cells = group[(group["split"] == split) & (group["metric"] == metric)]
+            row[label] = mean_ci(cells["relative" if relative else "delta"].tolist())
+        rows.append(row)
+    return rows
+
+
+def sweep_markdown(summary: list[dict]) -> str:
+    headers = ["round", "arm", "seeds", "pref. acc. %", *(label for label, *_ in SWEEP_COLUMNS)]
+    scales = {label: (100 if relative or metric != "relevance" else 1) for label, _, metric, relative in SWEEP_COLUMNS}
+    rows = [[str(r["round"]), r["arm"], ",".join(map(str, r["seeds"])) or "–",
+             _plain(r["pair_accuracy"], 100), *(format_interval(r[label], 1, scales[label])
+                                                 for label, *_ in SWEEP_COLUMNS)] for r in summary]
+    return markdown_table(headers, rows)
+
+
+def rounds_markdown(wide: pd.DataFrame, columns) -> str:
+    shown = [(label, f"{split}/{metric}", scale) for label, split, metric, scale in columns
+             if f"{split}/{metric}" in wide.columns]
+    headers = ["round", "arm", "seed", "model", *(label for label, *_ in shown)]
+    rows = [[str(r["round"]), r["arm"], _seed(r["seed"]), _short(r["model_key"]),
+             *(_scaled(r[column], scale) for _, column, scale in shown)] for _, r in wide.iterrows()]
+    return markdown_table(headers, rows)
+
+
+def accuracy_markdown(data: ReportData) -> str:
+    rows = [[str(r.round), r.arm, _short(r.pairs_key), str(int(r.n_pairs)), _scaled(r.accuracy, 100),
+             str(int(r.n_tied))] for r in data.pair_accuracy.itertuples()]
+    return markdown_table(["round", "arm", "pairs", "n pairs", "accuracy %", "ties"], rows)
+
+
+def training_markdown(data: ReportData) -> str:
+    rows = [[_short(r.model_key), _short(r.pairs_key), str(r.n_pairs), str(r.steps), f"{r.seconds:.0f}",
+             _scaled(r.final_loss, 1), _scaled(r.final_reward_accuracy, 100)] for r in data.training.itertuples()]
+    return markdown_table(["model", "pairs", "n pairs", "steps", "seconds", "final loss", "reward acc. %"], rows)
+
+
+def summary_markdown(data: ReportData, plots: dict[str, str] | None = None) -> str:
+    """The report's text: every table, and the plots when their file names are given."""
+    plots = plots or {}
+    wide = wide_metrics(data)
+    deltas = sweep_deltas(data)
+    parts = ["# CSR report", ""]
+    if wide.empty:
+        parts += ["No evaluations stored yet: run `csr run` first.", ""]
+    else:
+        parts += ["## Evaluation by round", "",
+                  "CHAIR, recall and theme share in %, relevance = mean max(100 cos, 0) per sentence; "
+                  "greedy and sampled descriptions of held-out images.", "",
+                  rounds_markdown(wide, ROUND_COLUMNS), "", "## POPE by round (%)", "",
+                  rounds_markdown(wide, POPE_COLUMNS), ""]
+        if data.n_other_evals:
+            parts += [f"({data.n_other_evals} evaluations under other evaluation settings are not shown.)", ""]
+    parts += _plot_links(plots, ("by_round", "relevance"))
+    if not deltas.empty:
+        parts += ["## Arms: change vs the parent model", "",
+                  "Mean over seeds ± half-width of the 95% t-interval; CHAIR/recall/POPE changes in points, "
+                  "'rel. %' = change relative to the parent. Negative CHAIR is better.", "",
+                  sweep_markdown(sweep_summary(deltas, data)), ""]
+        parts += _plot_links(plots, ("arms",))
+    if not data.pair_accuracy.empty:
+        parts += ["## Preference accuracy", "",
+                  "Share of pairs whose chosen response names fewer absent objects than the rejected one.", "",
+                  accuracy_markdown(data), ""]
+    if not data.pair_rewards.empty:
+        parts += ["## Rewards of chosen and rejected responses", "",
+                  "rank mode: lower is better; value mode: higher is better.", ""]
+        parts += _plot_links(plots, ("rewards",))
+    if not data.training.empty:
+        parts += ["## DPO runs", "", training_markdown(data), ""]
+    return "\n".join(parts)
+
+
+# -- plots -----------------------------------------------------------------------------------
+def write_plots(data: ReportData, out_dir: Path) -> dict[str, str]:
+    """PNG files in `out_dir`; returns {name: file name} of those drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    wide = wide_metrics(data)
+    drawn = {}
+    for name, draw in (("by_round", _plot_by_round), ("relevance", _plot_relevance), ("arms", _plot_arms),
+                       ("rewards", _plot_rewards)):
+        figure = draw(plt, data, wide)
+        if figure is not None:
+            figure.tight_layout()
+            figure.savefig(out_dir / f"{name}.png", dpi=110)
+            plt.close(figure)
+            drawn[name] = f"{name}.png"
+    return drawn
+
+
+def _round_lines(wide: pd.DataFrame, column: str) -> dict[str, tuple[list[int], list[float]]]:
+    """Per arm: rounds and mean value over seeds, starting from the base model(s) at round 0."""
+    if column not in wide.columns:
+        return {}
+    base = wide[wide["round"] == 0][column].mean()
+    lines = {}
+    for arm, group in wide[wide["round"] > 0].groupby("arm"):
+        means = group.groupby("round")[column].mean()
+        lines[arm] = ([0, *means.index.astype(int)], [base, *means.to_numpy()])
+    return lines or ({"base": ([0], [base])} if not math.isnan(base) else {})
+
+
+def _plot_lines(axis, wide: pd.DataFrame, column: str, title: str, scale: float) -> None:
+    for arm, (rounds, values) in sorted(_round_lines(wide, column).items()):
+        axis.plot(rounds, [v * scale for v in values], marker="o", label=arm)
+    axis.set_title(title)
+    axis.set_xlabel("round")
+    axis.xaxis.get_major_locator().set_params(integer=True)
+
+
+def _plot_by_round(plt, data: ReportData, wide: pd.DataFrame):
+    if wide.empty:
+        return None
+    pope = {m: [f"{s}/{m}" for s in POPE_SPLITS if f"{s}/{m}" in wide.columns] for m in ("accuracy", "f1")}
+    wide = wide.assign(**{f"pope/{m}": wide[cols].mean(axis=1) for m, cols in pope.items() if cols})
+    panels = [("sampled/chair_i", "CHAIR_I sampled (%)"), ("greedy/chair_i", "CHAIR_I greedy (%)"),
+              ("sampled/chair_s", "CHAIR_S sampled (%)"), ("sampled/recall", "recall sampled (%)"),
+              ("pope/accuracy", "POPE accuracy (%)"), ("pope/f1", "POPE F1 (%)")]
+    figure, axes = plt.subplots(2, 3, figsize=(12, 6.5))
+    for axis, (column, title) in zip(axes.flat, panels):
+        _plot_lines(axis, wide, column, title, 100)
+    axes.flat[0].legend(fontsize=8)
+    return figure
+
+
+def _plot_relevance(plt, data: ReportData, wide: pd.DataFrame):
+    columns = [c for c in ("greedy/relevance", "sampled/relevance") if c in wide.columns]
+    if not columns:
+        return None
+    figure, axes = plt.subplots(1, len(columns), figsize=(5 * len(columns), 3.5), squeeze=False)
+    for axis, column in zip(axes.flat, columns):
+        _plot_lines(axis, wide, column, f"relevance, {column.split('/')[0]}", 1)
+    axes.flat[0].legend(fontsize=8)
+    return figure
+
+
+def _plot_arms(plt, data: ReportData, wide: pd.DataFrame):
+    summary = [r for r in sweep_summary(sweep_deltas(data), data) if r["round"] == 1] or \
+        sweep_summary(sweep_deltas(data), data)
+    if not summary:
+        return None
+    labels = [r["arm"] for r in summary]
+    panels = [("CHAIR_I sampled, rel. %", 100), ("recall sampled, pts", 100), ("pair_accuracy", 100)]
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6))
+    for axis, (key, scale) in zip(axes, panels):
+        means = [r[key].mean * scale for r in summary]
+        errors = [0 if math.isnan(r[key].half_width) else r[key].half_width * scale for r in summary]
+        axis.bar(range(len(labels)), [0 if math.isnan(m) else m for m in means], yerr=errors, capsize=4)
+        axis.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
+        axis.axhline(0, color="black", linewidth=0.8)
+        axis.set_title("preference accuracy (%)" if key == "pair_accuracy" else f"Δ {key}")
+    return figure
+
+
+def _plot_rewards(plt, data: ReportData, wide: pd.DataFrame):
+    groups = list(data.pair_rewards.groupby(["mode", "lam"], sort=True))[:6]
+    if not groups:
+        return None
+    figure, axes = plt.subplots(1, len(groups), figsize=(4 * len(groups), 3.3), squeeze=False)
+    for axis, ((mode, lam), frame) in zip(axes.flat, groups):
+        bins = 20
+        axis.hist(frame["chosen_reward"], bins=bins, alpha=0.6, label="chosen")
+        axis.hist(frame["rejected_reward"], bins=bins, alpha=0.6, label="rejected")
+        axis.set_title(f"λ={lam:g}, {mode} ({len(frame)} pairs)")
+        axis.set_xlabel("path reward")
+    axes.flat[0].legend(fontsize=8)
+    return figure
+
+
+# -- entry points ----------------------------------------------------------------------------
+def write_report(db: str, out_dir: str | Path, *, read_only: bool = True) -> Path:
+    """Write `report.md`, `sweep.csv` and the PNG plots into `out_dir`; returns the Markdown file.
+
+    `read_only=False` reads through the process's shared writing connection (inside a pipeline run).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    store = Store(db, read_only=True) if read_only else open_store(db)
+    try:
+        data = load_report_data(store)
+    finally:
+        if read_only:
+            store.close()
+    sweep_deltas(data).to_csv(out / "sweep.csv", index=False)
+    path = out / "report.md"
+    path.write_text(summary_markdown(data, write_plots(data, out)))
+    return path
+
+
+@task(name="publish-report", **TASK_OPTIONS)
+def publish_report(db: str, out_dir: str | None = None) -> str:
+    """Publish the report's tables as the run's Prefect markdown artifact (and write the files if asked)."""
+    from prefect.artifacts import create_markdown_artifact
+
+    if out_dir is not None:
+        write_report(db, out_dir, read_only=False)
+    markdown = summary_markdown(load_report_data(open_store(db)))
+    create_markdown_artifact(markdown=markdown, key="csr-report", description="CSR evaluation summary")
+    return markdown
+
+
+def _plot_links(plots: dict[str, str], names: tuple[str, ...]) -> list[str]:
+    return [line for name in names if name in plots for line in (f"![{name}]({plots[name]})", "")]
+
+
+def _plain(interval, scale: float) -> str:
+    return format_interval(interval, 1, scale).lstrip("+")
+
+
+def _scaled(value, scale: float) -> str:
+    return "–" if value is None or pd.isna(value) else f"{value * scale:.1f}" if scale != 1 else f"{value:.3g}"
+
+
+def _seed(value) -> str:
+    return "–" if value is None or pd.isna(value) else str(int(value))
+
+
+def _short(key) -> str:
+    return "–" if not isinstance(key, str) else key.rsplit("-", 1)[-1][:8]
+
+
+def _num(value):
+    return None if value is None or pd.isna(value) else float(value)
+
+
+def _str(value):
+    return None if value is None or (not isinstance(value, str) and pd.isna(value)) else str(value)

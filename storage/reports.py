@@ -1,0 +1,86 @@
+"""Queries behind the report, the sweep table, the controls and the TRL export (read-only)."""
+from __future__ import annotations
+
+import pandas as pd
+
+from storage.store import Store
+
+CSR_MODES = ("rank", "value")  # preference_pairs.mode of CSR's own pairs; controls write "random" | "oracle"
+
+
+def read_path_rewards(store: Store, pairs_key: str) -> pd.DataFrame:
+    """The complete paths a calibrate_select stage scored, in path order (leaf creation order)."""
+    return store.df("SELECT * FROM path_rewards WHERE stage_key = ? ORDER BY prompt_id, leaf_id", [pairs_key])
+
+
+def eval_metrics(store: Store, model_keys: list[str] | None = None) -> pd.DataFrame:
+    """Model evaluation metrics (long form) of complete evaluate stages, with each stage's config as text.
+
+    Two evaluations compare only under the same `eval_config` (same items, settings and vocabulary).
+    """
+    sql = ("SELECT e.stage_key AS eval_key, CAST(s.config AS VARCHAR) AS eval_config, e.model_key, e.round, "
+           "e.split, e.metric, e.value, e.n FROM eval_results e JOIN stages s ON s.stage_key = e.stage_key "
+           "WHERE s.stage = 'evaluate' AND s.status = 'complete'")
+    params: list = []
+    if model_keys is not None:
+        sql += " AND e.model_key IN (SELECT unnest(?))"
+        params.append(list(model_keys))
+    return store.df(sql + " ORDER BY e.round, e.model_key, e.split, e.metric", params)
+
+
+def model_arms(store: Store) -> pd.DataFrame:
+    """Every registered model with what trained it: parent, pairs (λ, mode), DPO seed and prompt seed.
+
+    Base models have no pairs (lam, mode and seeds NULL).
+    """
+    return store.df(
+        "SELECT m.model_key, m.round, m.parent_key, m.pairs_key, pp.lam, pp.mode, pp.n_pairs, "
+        "  TRY_CAST(json_extract_string(d.config, '$.dpo.seed') AS INTEGER) AS dpo_seed, "
+        "  TRY_CAST(json_extract_string(p.config, '$.prompts.seed') AS INTEGER) AS prompt_seed "
+        "FROM models m "
+        "LEFT JOIN (SELECT stage_key, any_value(lam) AS lam, any_value(mode) AS mode, count(*) AS n_pairs "
+        "           FROM preference_pairs GROUP BY stage_key) pp ON pp.stage_key = m.pairs_key "
+        "LEFT JOIN stages d ON d.stage_key = m.model_key "
+        "LEFT JOIN (SELECT DISTINCT stage_key, prompts_key FROM preference_pairs) k ON k.stage_key = m.pairs_key "
+        "LEFT JOIN stages p ON p.stage_key = k.prompts_key "
+        "ORDER BY m.round, m.model_key")
+
+
+def pair_accuracies(store: Store) -> pd.DataFrame:
+    """Preference accuracy by pairs key (the pair_accuracy stages), with the pairs' round, λ and mode."""
+    return store.df(
+        "SELECT json_extract_string(s.upstream, '$.pairs') AS pairs_key, e.round, pp.lam, pp.mode, "
+        "  max(CASE WHEN e.metric = 'accuracy' THEN e.value END) AS accuracy, "
+        "  max(CASE WHEN e.metric = 'n_tied' THEN e.value END) AS n_tied, max(e.n) AS n_pairs "
+        "FROM eval_results e JOIN stages s ON s.stage_key = e.stage_key "
+        "LEFT JOIN (SELECT stage_key, any_value(lam) AS lam, any_value(mode) AS mode FROM preference_pairs "
+        "           GROUP BY stage_key) pp ON pp.stage_key = json_extract_string(s.upstream, '$.pairs') "
+        "WHERE s.stage = 'pair_accuracy' AND s.status = 'complete' "
+        "GROUP BY ALL ORDER BY e.round, pp.lam")
+
+
+def pair_rewards(store: Store) -> pd.DataFrame:
+    """Chosen and rejected rewards of CSR's own pairs (controls excluded), by pairs key, round, λ, mode."""
+    return store.df(
+        "SELECT stage_key AS pairs_key, round, lam, mode, chosen_reward, rejected_reward "
+        "FROM preference_pairs WHERE mode IN (SELECT unnest(?)) ORDER BY round, lam, stage_key, prompt_id",
+        [list(CSR_MODES)])
+
+
+def training_summary(store: Store) -> pd.DataFrame:
+    """Each DPO run: pairs, steps, seconds, and its last logged loss and reward accuracy."""
+    return store.df(
+        "SELECT r.stage_key AS model_key, r.pairs_key, r.n_pairs, r.steps, r.seconds, "
+        "  arg_max(CASE WHEN t.name = 'loss' THEN t.value END, CASE WHEN t.name = 'loss' THEN t.step END) "
+        "    AS final_loss, "
+        "  arg_max(CASE WHEN t.name = 'rewards/accuracies' THEN t.value END, "
+        "          CASE WHEN t.name = 'rewards/accuracies' THEN t.step END) AS final_reward_accuracy "
+        "FROM training_runs r LEFT JOIN training_metrics t ON t.stage_key = r.stage_key "
+        "GROUP BY ALL ORDER BY r.stage_key")
+
+
+def newest_pairs_key(store: Store) -> str | None:
+    """The most recently completed stage that wrote preference pairs (CSR's or a control's)."""
+    return store.scalar(
+        "SELECT stage_key FROM stages WHERE stage IN ('calibrate_select', 'control_pairs') AND status = 'complete' "
+        "AND stage_key IN (SELECT DISTINCT stage_key FROM preference_pairs) ORDER BY ended_at DESC LIMIT 1")

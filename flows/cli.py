@@ -11,6 +11,9 @@ EXAMPLES = """examples:
   csr run --rounds 3 --set reward.lam=0.5  # three rounds, another visual weight
   csr run --config configs/paper.yaml --set model.path=/models/llava-1.5-7b-hf
   csr rescore --lam 0.5                    # new pairs from stored candidates; no VLM, no CLIP
+  csr sweep --lam 0,0.5,0.9 --controls random,oracle --seeds 0,1,2
+  csr report --out ./csr_report            # report.md with tables and plots
+  csr export --format trl --out pairs.parquet
   csr sql "SELECT round, count(*) FROM preference_pairs_v GROUP BY round"
   csr status
 """
@@ -57,6 +60,25 @@ def build_parser() -> argparse.ArgumentParser:
     rescore.add_argument("--mode", choices=["rank", "value"], help="calibration mode (reward.mode)")
     rescore.add_argument("--round", type=int, dest="round_", help="only the candidates of this round")
     rescore.add_argument("--tree", help="only this candidate tree stage key")
+
+    sweep = _command(commands, "sweep", cmd_sweep,
+                     "train one round per λ (and per control) and seed from the same candidates; compare")
+    _config_options(sweep)
+    sweep.add_argument("--lam", type=_floats, help="visual weights λ, comma-separated (default: reward.lam)")
+    sweep.add_argument("--controls", type=_names, default=[], help="control arms: random,oracle")
+    sweep.add_argument("--seeds", type=_ints, help="seeds of prompt sampling and DPO (default: prompts.seed)")
+    sweep.add_argument("--round", type=int, default=1, dest="round_", help="the round to sweep (default 1)")
+
+    report = _command(commands, "report", cmd_report, "write report.md with tables and plots from the store")
+    report.add_argument("--out", default="./csr_report", help="output folder (default ./csr_report)")
+    report.add_argument("--db", default="./csr.duckdb", help="DuckDB file (default ./csr.duckdb)")
+
+    export = _command(commands, "export", cmd_export, "write stored preference pairs as a dataset")
+    export.add_argument("--format", choices=["trl"], default="trl", help="trl: Parquet with images, prompt, "
+                        "chosen, rejected (TRL's vision preference format)")
+    export.add_argument("--out", required=True, help="output file, e.g. pairs.parquet")
+    export.add_argument("--pairs", help="pairs stage key (default: the newest)")
+    export.add_argument("--db", default="./csr.duckdb", help="DuckDB file (default ./csr.duckdb)")
 
     sql = _command(commands, "sql", cmd_sql, "run a read-only SQL query on the artifact store")
     sql.add_argument("query", help="SQL, e.g. \"SELECT * FROM preference_pairs_v LIMIT 5\"")
@@ -137,6 +159,50 @@ def cmd_rescore(args) -> int:
     results = rescore(config_files=args.config, overrides=overrides, round_=args.round_, tree_key=args.tree)
     print(json.dumps(results, indent=2))
     return 0
+
+
+def cmd_sweep(args) -> int:
+    from flows.config import load_config
+    from flows.sweep import check_arms, sweep
+
+    cfg = load_config(args.config, _overrides(args))
+    lams = args.lam if args.lam is not None else [cfg.reward.lam]
+    seeds = args.seeds if args.seeds is not None else [cfg.prompts.seed]
+    check_arms(cfg, lams, args.controls, seeds, args.round_)  # before _validated creates the database
+    cfg, overrides = _validated(args)
+    result = sweep(config_files=args.config, overrides=overrides, lams=lams, controls=args.controls, seeds=seeds,
+                   round_=args.round_)
+    print(json.dumps(result["arms"], indent=2))
+    print(result["markdown"])
+    print(f"done: `csr report --db {cfg.db}` writes the full report")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from flows.report import write_report
+
+    print(f"report written to {write_report(args.db, args.out)}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from flows.export import export_pairs
+
+    done = export_pairs(args.db, args.out, args.pairs, args.format)
+    print(f"{done.n_pairs} pairs of {done.pairs_key} written to {done.path}")
+    return 0
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in _names(text)]
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in _names(text)]
+
+
+def _names(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
 
 
 def cmd_sql(args) -> int:

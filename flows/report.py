@@ -46,12 +46,15 @@ class ReportData:
     n_other_evals: int  # evaluations under other settings, left out
 
 
-def load_report_data(store: Store) -> ReportData:
+def load_report_data(store: Store, model_keys: list[str] | None = None) -> ReportData:
+    """Everything the report shows, under the evaluation settings used most (by `model_keys`, if given)."""
     metrics = reports.eval_metrics(store)
     n_other = 0
     if not metrics.empty:
-        per_config = metrics.groupby("eval_config")["eval_key"].nunique()
+        counted = metrics if model_keys is None else metrics[metrics["model_key"].isin(model_keys)]
+        per_config = (counted if not counted.empty else metrics).groupby("eval_config")["eval_key"].nunique()
         main = per_config.idxmax()
+        per_config = metrics.groupby("eval_config")["eval_key"].nunique()
         n_other = int(per_config.sum() - per_config[main])
         metrics = metrics[metrics["eval_config"] == main]
     arms = reports.model_arms(store)

@@ -62,11 +62,19 @@ def arm_label(lam: float | None, mode: str | None) -> str:
     return f"λ={lam:g}" + ("" if mode == "rank" else f" ({mode})")
 
 
+def arm_sort_key(label: str) -> tuple[int, float, str]:
+    """Order of arms in tables: base, λ arms by λ, then the controls."""
+    if label.startswith("λ="):
+        return (1, float(label[2:].split(" ")[0]), label)
+    return ({"base": 0, "random": 2, "oracle": 3}.get(label, 4), 0.0, label)
+
+
 def format_interval(interval: Interval, digits: int = 1, scale: float = 1.0, suffix: str = "") -> str:
     """`-12.3 ± 4.5` (scaled), `-12.3` for one value, `–` for none."""
     if interval.n == 0:
         return "–"
-    text = f"{interval.mean * scale:+.{digits}f}"
+    mean = interval.mean * scale
+    text = f"{0.0 if abs(mean) < 0.5 * 10 ** -digits else mean:+.{digits}f}"  # no "-0.0"
     if interval.n >= 2:
         text += f" ± {interval.half_width * scale:.{digits}f}"
     return text + suffix

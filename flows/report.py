@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 from prefect import task
 
-from csr_core.report import arm_label, format_interval, markdown_table, mean_ci
+from csr_core.report import arm_label, arm_sort_key, format_interval, markdown_table, mean_ci
 from storage import reports
 from storage.store import Store, open_store
 from tasks.common import TASK_OPTIONS
@@ -62,6 +62,7 @@ def load_report_data(store: Store, model_keys: list[str] | None = None) -> Repor
     arms["seed"] = arms["dpo_seed"]
     accuracy = reports.pair_accuracies(store)
     accuracy["arm"] = [arm_label(_num(lam), _str(mode)) for lam, mode in zip(accuracy["lam"], accuracy["mode"])]
+    accuracy = accuracy.sort_values(["round", "arm", "pairs_key"], key=_arm_order).reset_index(drop=True)
     return ReportData(metrics, arms, accuracy, reports.pair_rewards(store), reports.training_summary(store), n_other)
 
 
@@ -73,7 +74,9 @@ def wide_metrics(data: ReportData) -> pd.DataFrame:
     wide = data.metrics.pivot_table(index="model_key", columns=["split", "metric"], values="value", aggfunc="first")
     wide.columns = [f"{split}/{metric}" for split, metric in wide.columns]
     info = data.arms.set_index("model_key")[["round", "arm", "seed", "parent_key", "pairs_key"]]
-    return info.join(wide, how="inner").reset_index().sort_values(["round", "arm", "seed", "model_key"])
+    wide = info.join(wide, how="inner").reset_index()
+    wide["order"] = wide["arm"].map(arm_sort_key)
+    return wide.sort_values(["round", "order", "seed", "model_key"]).drop(columns="order")
 
 
 def sweep_deltas(data: ReportData, model_keys: list[str] | None = None) -> pd.DataFrame:
@@ -109,7 +112,8 @@ def sweep_summary(deltas: pd.DataFrame, data: ReportData) -> list[dict]:
     accuracy = data.pair_accuracy.set_index("pairs_key")["accuracy"]
     pairs_of = data.arms.set_index("model_key")["pairs_key"]
     rows = []
-    for (round_, arm), group in deltas.groupby(["round", "arm"], sort=True):
+    groups = sorted(deltas.groupby(["round", "arm"]), key=lambda item: (item[0][0], arm_sort_key(item[0][1])))
+    for (round_, arm), group in groups:
         models = group["model_key"].unique()
         row = {"round": int(round_), "arm": arm, "seeds": sorted({int(s) for s in group["seed"].dropna()}),
                "pair_accuracy": mean_ci([accuracy.get(pairs_of[m], math.nan) for m in models])}
@@ -133,14 +137,14 @@ def rounds_markdown(wide: pd.DataFrame, columns) -> str:
     shown = [(label, f"{split}/{metric}", scale) for label, split, metric, scale in columns
              if f"{split}/{metric}" in wide.columns]
     headers = ["round", "arm", "seed", "model", *(label for label, *_ in shown)]
-    rows = [[str(r["round"]), r["arm"], _seed(r["seed"]), _short(r["model_key"]),
+    rows = [[str(r["round"]), r["arm"], _int(r["seed"]), _short(r["model_key"]),
              *(_scaled(r[column], scale) for _, column, scale in shown)] for _, r in wide.iterrows()]
     return markdown_table(headers, rows)
 
 
 def accuracy_markdown(data: ReportData) -> str:
-    rows = [[str(r.round), r.arm, _short(r.pairs_key), str(int(r.n_pairs)), _scaled(r.accuracy, 100),
-             str(int(r.n_tied))] for r in data.pair_accuracy.itertuples()]
+    rows = [[str(r.round), r.arm, _short(r.pairs_key), _int(r.n_pairs), _scaled(r.accuracy, 100), _int(r.n_tied)]
+            for r in data.pair_accuracy.itertuples()]
     return markdown_table(["round", "arm", "pairs", "n pairs", "accuracy %", "ties"], rows)
 
 
@@ -330,12 +334,16 @@ def _scaled(value, scale: float) -> str:
     return "–" if value is None or pd.isna(value) else f"{value * scale:.1f}" if scale != 1 else f"{value:.3g}"
 
 
-def _seed(value) -> str:
+def _int(value) -> str:
     return "–" if value is None or pd.isna(value) else str(int(value))
 
 
 def _short(key) -> str:
     return "–" if not isinstance(key, str) else key.rsplit("-", 1)[-1][:8]
+
+
+def _arm_order(column: pd.Series) -> pd.Series:
+    return column.map(arm_sort_key) if column.name == "arm" else column
 
 
 def _num(value):

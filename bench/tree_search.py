@@ -23,9 +23,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from csr_core.adapters.vlm import LlavaAdapter  # noqa: E402
-from csr_core.beam_search import Candidate  # noqa: E402
-from csr_core.tree import PromptInput, SearchConfig, build_trees  # noqa: E402
+from csr_core.adapters.vlm import LlavaAdapter
+from csr_core.beam_search import Candidate
+from csr_core.tree import PromptInput, SearchConfig, build_trees
 
 DATASET = ROOT.parent / "shared" / "data" / "CSR-Prompt-Dataset-12k.json"
 FALLBACK_INSTRUCTIONS = ["Describe this image in detail.\n<image>", "<image>\nWhat is happening in this picture?"]

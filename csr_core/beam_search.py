@@ -114,8 +114,8 @@ def diverse_beam_search(
     if len(max_new_tokens) != num_searches:
         raise ValueError(f"max_new_tokens has {len(max_new_tokens)} entries for {num_searches} searches")
     device = first_logits.device
-    eos_set = set(int(i) for i in eos_ids)
-    stop_tensor = torch.tensor(sorted(set(int(i) for i in stop_ids) | eos_set), dtype=torch.long, device=device)
+    eos_set = {int(i) for i in eos_ids}
+    stop_tensor = torch.tensor(sorted({int(i) for i in stop_ids} | eos_set), dtype=torch.long, device=device)
     groups, size = params.num_beam_groups, params.group_size
     top_k = min(max(2, 1 + len(stop_tensor)) * size, size * vocab)
 
@@ -137,7 +137,7 @@ def diverse_beam_search(
         at_limit = budget[active] <= step
         parent, tokens = _advance_groups(
             log_probs, state, params, stop_tensor, at_limit, top_k,
-            on_finish=lambda p, g, hyp: _add_to_pool(pools[int(active[p])][g], hyp, size),
+            on_finish=lambda p, g, hyp, live=active: _add_to_pool(pools[int(live[p])][g], hyp, size),
             may_finish=still_improving[active], eos_set=eos_set,
         )
         still_improving[active] &= _can_improve(state, pools, active, step, params.length_penalty)

@@ -23,6 +23,7 @@ import re
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 
 MODES = ("rank", "value")
 SELF_REWARDS = ("token_prob", "prob")
@@ -95,7 +96,7 @@ def filter_reason(text: str, cfg: RewardConfig) -> str | None:
         return "too_short"
     words = [w.lower() for w in _WORD.findall(stripped)]
     run = 1
-    for previous, word in zip(words, words[1:]):
+    for previous, word in pairwise(words):
         run = run + 1 if word == previous else 1
         if run >= cfg.max_word_repeat:
             return "repeated_words"

@@ -6,10 +6,10 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
-from tiny_models import make_tiny_clip, make_tiny_llava  # noqa: E402
+from tiny_models import make_tiny_clip, make_tiny_llava
 
-from csr_core.adapters.relevance import OpenClipRelevance  # noqa: E402
-from csr_core.adapters.vlm import LlavaAdapter, delimiter_token_ids  # noqa: E402
+from csr_core.adapters.relevance import OpenClipRelevance
+from csr_core.adapters.vlm import LlavaAdapter, delimiter_token_ids
 
 
 @pytest.fixture(scope="module")

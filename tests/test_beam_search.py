@@ -6,7 +6,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from csr_core.beam_search import BeamParams, diverse_beam_search  # noqa: E402
+from csr_core.beam_search import BeamParams, diverse_beam_search
 
 VOCAB = 6
 STOP = 5  # plays the sentence delimiter
@@ -85,7 +85,7 @@ def test_hamming_penalty_hand_computed():
 def test_large_diversity_gives_distinct_first_tokens_across_groups():
     torch.manual_seed(0)
     first = torch.randn(1, 50)
-    step = lambda rows, toks: torch.randn(len(toks), 50)  # noqa: E731
+    step = lambda rows, toks: torch.randn(len(toks), 50)
     torch.manual_seed(1)
     diverse = diverse_beam_search(first, step, BeamParams(5, 5, 100.0), stop_ids=[], eos_ids=[],
                                   max_new_tokens=[3])[0]

@@ -6,8 +6,8 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
-from csr_core.beam_search import Candidate  # noqa: E402
-from csr_core.tree import PromptInput, SearchConfig, build_trees  # noqa: E402
+from csr_core.beam_search import Candidate
+from csr_core.tree import PromptInput, SearchConfig, build_trees
 
 
 class FakeVLM:

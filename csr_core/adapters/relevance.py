@@ -52,7 +52,7 @@ class OpenClipRelevance:
             raise ValueError(f"{len(texts)} texts but {len(image_index)} image indices")
         if not texts:
             return []
-        used = sorted(set(int(i) for i in image_index))
+        used = sorted({int(i) for i in image_index})
         image_features = self.encode_images([images[i] for i in used])
         row_of = {image: row for row, image in enumerate(used)}
         rows = torch.tensor([row_of[int(i)] for i in image_index], device=image_features.device)

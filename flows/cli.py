@@ -173,6 +173,8 @@ def cmd_sweep(args) -> int:
     result = sweep(config_files=args.config, overrides=overrides, lams=lams, controls=args.controls, seeds=seeds,
                    round_=args.round_)
     print(json.dumps(result["arms"], indent=2))
+    for reason in result["skipped"].values():
+        print(reason)
     print(result["markdown"])
     print(f"done: `csr report --db {cfg.db}` writes the full report")
     return 0

@@ -56,14 +56,16 @@ def sweep(config_files: list[str] | None = None, overrides: list[str] | None = N
     controls, seeds = list(controls or []), [int(s) for s in (seeds if seeds is not None else [base.prompts.seed])]
     check_arms(base, lams, controls, seeds, round_)
     inputs = prepare(base)
+    skipped = {}
     if "oracle" in controls and not has_ground_truth(inputs.pool_file, inputs.vocab_file):
-        print(f"skipping the oracle control: the prompt pool {inputs.pool_file} has no ground-truth 'objects' "
-              f"or there is no object vocabulary ({inputs.vocab_file or 'none'})")
+        skipped["oracle"] = (f"skipping the oracle control: the prompt pool {inputs.pool_file} has no ground-truth "
+                             f"'objects', or there is no object vocabulary ({inputs.vocab_file or 'none'})")
+        print(skipped["oracle"])
         controls.remove("oracle")
     arms = []
     for seed in seeds:
         arms += sweep_seed(seeded(base, seed), inputs, lams, controls, seed, round_)
-    return {"arms": arms, **sweep_table(base.db, [a["model"] for a in arms])}
+    return {"arms": arms, "skipped": skipped, **sweep_table(base.db, [a["model"] for a in arms])}
 
 
 def sweep_seed(cfg: RunConfig, inputs: Inputs, lams: list[float], controls: list[str], seed: int,

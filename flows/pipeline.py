@@ -8,6 +8,7 @@ from prefect import flow
 from csr_core.config import WORLD
 from flows.config import RunConfig, load_config
 from flows.inputs import Inputs, check_user_inputs
+from flows.report import publish_report
 from tasks.calibrate import calibrate_select
 from tasks.common import model_fingerprint
 from tasks.dpo import dpo_finetune
@@ -54,6 +55,7 @@ def csr_pipeline(config_files: list[str] | None = None, overrides: list[str] | N
         keys = csr_round(cfg, inputs, policy, round_)
         policy = policy_of(cfg, keys["model"])
         summary["rounds"].append(keys)
+    publish_report(cfg.db)
     return summary
 
 

@@ -124,6 +124,28 @@ def sweep_summary(deltas: pd.DataFrame, data: ReportData) -> list[dict]:
     return rows
 
 
+def paired_differences(deltas: pd.DataFrame, split: str = "sampled", metric: str = "chair_i",
+                       references: tuple[str, ...] = ("λ=0", "random")) -> list[dict]:
+    """Arm minus reference arm on one metric, paired by seed (same parent, same candidates), mean and 95% CI."""
+    cells = deltas[(deltas["split"] == split) & (deltas["metric"] == metric)] if not deltas.empty else deltas
+    rows = []
+    for round_, frame in (cells.groupby("round") if not cells.empty else ()):
+        by_arm = {arm: group.groupby("seed")["value"].mean() for arm, group in frame.groupby("arm")}
+        for reference in (r for r in references if r in by_arm):
+            for arm in sorted((a for a in by_arm if a != reference), key=arm_sort_key):
+                seeds = by_arm[arm].index.intersection(by_arm[reference].index)
+                differences = (by_arm[arm][seeds] - by_arm[reference][seeds]).tolist()
+                rows.append({"round": int(round_), "arm": arm, "reference": reference,
+                             "difference": mean_ci(differences)})
+    return rows
+
+
+def paired_markdown(rows: list[dict], label: str = "CHAIR_I sampled, pts") -> str:
+    return markdown_table(["round", "arm", "minus", label, "seeds"],
+                          [[str(r["round"]), r["arm"], r["reference"], format_interval(r["difference"], 1, 100),
+                            str(r["difference"].n)] for r in rows])
+
+
 def sweep_markdown(summary: list[dict]) -> str:
     headers = ["round", "arm", "seeds", "pref. acc. %", *(label for label, *_ in SWEEP_COLUMNS)]
     scales = {label: (100 if relative or metric != "relevance" else 1) for label, _, metric, relative in SWEEP_COLUMNS}
@@ -164,8 +186,8 @@ def summary_markdown(data: ReportData, plots: dict[str, str] | None = None) -> s
         parts += ["No evaluations stored yet: run `csr run` first.", ""]
     else:
         parts += ["## Evaluation by round", "",
-                  "CHAIR, recall and theme share in %, relevance = mean max(100 cos, 0) per sentence; "
-                  "greedy and sampled descriptions of held-out images.", "",
+                  ("CHAIR, recall and theme share in %, relevance = mean max(100 cos, 0) per sentence; "
+                   "greedy and sampled descriptions of held-out images."), "",
                   rounds_markdown(wide, ROUND_COLUMNS), "", "## POPE by round (%)", "",
                   rounds_markdown(wide, POPE_COLUMNS), ""]
         if data.n_other_evals:
@@ -173,9 +195,14 @@ def summary_markdown(data: ReportData, plots: dict[str, str] | None = None) -> s
     parts += _plot_links(plots, ("by_round", "relevance"))
     if not deltas.empty:
         parts += ["## Arms: change vs the parent model", "",
-                  "Mean over seeds ± half-width of the 95% t-interval; CHAIR/recall/POPE changes in points, "
-                  "'rel. %' = change relative to the parent. Negative CHAIR is better.", "",
+                  ("Mean over seeds ± half-width of the 95% t-interval; CHAIR/recall/POPE changes in points, "
+                   "'rel. %' = change relative to the parent. Negative CHAIR is better."), "",
                   sweep_markdown(sweep_summary(deltas, data)), ""]
+        paired = paired_differences(deltas)
+        if paired:
+            parts += ["### Arms against each other, paired by seed", "",
+                      "Sampled CHAIR_I of the arm minus that of the reference arm trained from the same candidates.",
+                      "", paired_markdown(paired), ""]
         parts += _plot_links(plots, ("arms",))
     if not data.pair_accuracy.empty:
         parts += ["## Preference accuracy", "",

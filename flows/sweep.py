@@ -17,7 +17,14 @@ from csr_core.report import Interval, arm_label
 from flows.config import RunConfig, load_config
 from flows.inputs import Inputs
 from flows.pipeline import Policy, candidates, evaluate_policy, policy_for_round, policy_of, prepare
-from flows.report import load_report_data, sweep_deltas, sweep_markdown, sweep_summary
+from flows.report import (
+    load_report_data,
+    paired_differences,
+    paired_markdown,
+    sweep_deltas,
+    sweep_markdown,
+    sweep_summary,
+)
 from storage.store import open_store
 from tasks.calibrate import calibrate_select
 from tasks.controls import control_pairs, has_ground_truth
@@ -103,14 +110,16 @@ def sweep_table(db: str, model_keys: list[str]) -> dict:
     data = load_report_data(open_store(db), model_keys)
     deltas = sweep_deltas(data, model_keys)
     summary = sweep_summary(deltas, data)
-    markdown = sweep_markdown(summary)
+    paired = paired_differences(deltas)
+    markdown = sweep_markdown(summary) + ("\n\n" + paired_markdown(paired) if paired else "")
     print(markdown)
     per_seed = []
     if not deltas.empty:
         for (arm, seed, model), group in deltas.groupby(["arm", "seed", "model_key"], sort=True):
             changes = {f"{r.split}/{r.metric}": r.delta for r in group.itertuples()}
             per_seed.append({"arm": arm, "seed": int(seed), "model": model, "delta": changes})
-    return {"per_seed": per_seed, "summary": [_plain_row(r) for r in summary], "markdown": markdown}
+    return {"per_seed": per_seed, "summary": [_plain_row(r) for r in summary],
+            "paired": [_plain_row(r) for r in paired], "markdown": markdown}
 
 
 def _plain_row(row: dict) -> dict:

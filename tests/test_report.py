@@ -7,12 +7,26 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from csr_core.report import Interval, arm_label, arm_sort_key, format_interval, markdown_table, mean_ci, t_quantile_975
+from csr_core.report import (
+    Interval,
+    arm_label,
+    arm_sort_key,
+    format_interval,
+    markdown_table,
+    mean_ci,
+    t_quantile_975,
+)
 from flows.cli import main as csr
 from flows.report import load_report_data, sweep_deltas, sweep_summary, write_report
 from storage import stages
-from storage.artifacts import append_training_metrics, register_model, replace_stage_rows, write_eval, \
-    write_pairs, write_training_run
+from storage.artifacts import (
+    append_training_metrics,
+    register_model,
+    replace_stage_rows,
+    write_eval,
+    write_pairs,
+    write_training_run,
+)
 from storage.store import Store
 
 EVAL_CONFIG = {"eval": {"n_items": 4}, "data": {"source": "abc"}}
@@ -141,6 +155,8 @@ def test_report_has_its_sections_tables_and_plots(store_db, tmp_path):
         assert section in text, section
     assert "| 1 | λ=0.9 | 0,1,2 | 90.0 ± 24.8 | -25.0 ± 12.4 | -10.0 ± 5.0 |" in text
     assert "| 1 | random | 0,1,2 |" in text
+    # paired by seed: (0.30 - 0.40, 0.28 - 0.42, 0.32 - 0.38) = (-0.10, -0.14, -0.06): sd 0.04
+    assert "| 1 | λ=0.9 | random | -10.0 ± 9.9 | 3 |" in text
     assert "99.0" not in text  # the evaluation under other settings
     for name in ("by_round", "relevance", "arms", "rewards"):
         assert (out / f"{name}.png").stat().st_size > 1000 and f"({name}.png)" in text
@@ -171,3 +187,24 @@ def test_export_trl_round_trip(store_db, tmp_path, capsys):
     assert "pairs of pairs-random2" in capsys.readouterr().out  # the newest pairs stage
     assert csr(["export", "--db", str(store_db), "--out", str(tmp_path / "x.parquet"), "--pairs", "nope"]) == 2
     assert "no preference pairs under nope" in capsys.readouterr().err
+
+
+def test_the_summary_is_published_as_a_prefect_artifact(store_db, prefect_harness):
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from flows.report import publish_report
+    from storage.store import close_all
+
+    @flow
+    def publishing(db: str) -> str:
+        return publish_report(db)
+
+    markdown = publishing(str(store_db))
+    close_all()
+    with get_client(sync_client=True) as client:
+        only_ours = ArtifactFilter(key=ArtifactFilterKey(any_=["csr-report"]))
+        (artifact, *_) = client.read_artifacts(artifact_filter=only_ours, sort="CREATED_DESC")
+    assert artifact.type == "markdown" and artifact.data == markdown
+    assert "## Arms: change vs the parent model" in markdown and "| 1 | λ=0.9 | 0,1,2 |" in markdown

@@ -81,7 +81,12 @@ def test_the_table_has_one_row_per_arm_and_seed(swept):
     assert all(r["seeds"] == [0] and r["CHAIR_I sampled, pts"]["n"] == 1 for r in result["summary"])
     assert len(result["per_seed"]) == 4
     assert all("sampled/chair_i" in r["delta"] and "greedy/recall" in r["delta"] for r in result["per_seed"])
-    assert len(result["markdown"].splitlines()) == 2 + 4
+    summary_table, paired_table = result["markdown"].split("\n\n")
+    assert len(summary_table.splitlines()) == 2 + 4
+    assert [(r["arm"], r["reference"]) for r in result["paired"]] == [
+        ("λ=0.9", "λ=0"), ("random", "λ=0"), ("oracle", "λ=0"), ("λ=0", "random"), ("λ=0.9", "random"),
+        ("oracle", "random")]
+    assert len(paired_table.splitlines()) == 2 + 6
 
 
 def test_a_rerun_from_the_cli_is_all_cache_hits(swept, monkeypatch, capsys):

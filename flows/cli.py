@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = _command(commands, "report", cmd_report, "write report.md with tables and plots from the store")
     report.add_argument("--out", default="./csr_report", help="output folder (default ./csr_report)")
+    report.add_argument("--format", choices=["md", "html"], default="md", help="md: report.md; html: also "
+                        "report.html (default md)")
     report.add_argument("--db", default="./csr.duckdb", help="DuckDB file (default ./csr.duckdb)")
 
     export = _command(commands, "export", cmd_export, "write stored preference pairs as a dataset")
@@ -183,7 +185,7 @@ def cmd_sweep(args) -> int:
 def cmd_report(args) -> int:
     from flows.report import write_report
 
-    print(f"report written to {write_report(args.db, args.out)}")
+    print(f"report written to {write_report(args.db, args.out, html=args.format == 'html')}")
     return 0
 
 

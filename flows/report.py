@@ -318,10 +318,11 @@ def _plot_rewards(plt, data: ReportData, wide: pd.DataFrame):
 
 
 # -- entry points ----------------------------------------------------------------------------
-def write_report(db: str, out_dir: str | Path, *, read_only: bool = True) -> Path:
-    """Write `report.md`, `sweep.csv` and the PNG plots into `out_dir`; returns the Markdown file.
+def write_report(db: str, out_dir: str | Path, *, read_only: bool = True, html: bool = False) -> Path:
+    """Write `report.md` (and `report.html` with `html`), `sweep.csv` and the PNG plots into `out_dir`.
 
-    `read_only=False` reads through the process's shared writing connection (inside a pipeline run).
+    Returns the report file. `read_only=False` reads through the process's shared writing connection
+    (inside a pipeline run).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -332,9 +333,23 @@ def write_report(db: str, out_dir: str | Path, *, read_only: bool = True) -> Pat
         if read_only:
             store.close()
     sweep_deltas(data).to_csv(out / "sweep.csv", index=False)
-    path = out / "report.md"
-    path.write_text(summary_markdown(data, write_plots(data, out)))
-    return path
+    markdown = summary_markdown(data, write_plots(data, out))
+    (out / "report.md").write_text(markdown)
+    if not html:
+        return out / "report.md"
+    (out / "report.html").write_text(markdown_to_html(markdown))
+    return out / "report.html"
+
+
+def markdown_to_html(markdown: str) -> str:
+    """A standalone HTML page of the report (markdown-it-py, which Prefect's `rich` already installs)."""
+    from markdown_it import MarkdownIt
+
+    body = MarkdownIt("commonmark").enable("table").render(markdown)
+    style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}img{max-width:100%}")
+    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>CSR report</title>"
+            f"<style>{style}</style></head><body>\n{body}</body></html>\n")
 
 
 @task(name="publish-report", **TASK_OPTIONS)

@@ -162,6 +162,11 @@ def test_report_has_its_sections_tables_and_plots(store_db, tmp_path):
         assert (out / f"{name}.png").stat().st_size > 1000 and f"({name}.png)" in text
     assert len(pd.read_csv(out / "sweep.csv")) == 6 * len(BASE)
 
+    assert csr(["report", "--db", str(store_db), "--out", str(out), "--format", "html"]) == 0
+    page = (out / "report.html").read_text()
+    assert "<h2>Arms: change vs the parent model</h2>" in page and '<img src="arms.png"' in page
+    assert "<td>λ=0.9</td>" in page
+
 
 def test_report_of_an_empty_store_says_so(tmp_path):
     Store(tmp_path / "empty.duckdb").close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 
 from prefect import flow
+from prefect.artifacts import create_markdown_artifact
 
 from csr_core.controls import CONTROLS
 from csr_core.report import Interval, arm_label
@@ -72,7 +73,9 @@ def sweep(config_files: list[str] | None = None, overrides: list[str] | None = N
     arms = []
     for seed in seeds:
         arms += sweep_seed(seeded(base, seed), inputs, lams, controls, seed, round_)
-    return {"arms": arms, "skipped": skipped, **sweep_table(base.db, [a["model"] for a in arms])}
+    table = sweep_table(base.db, [a["model"] for a in arms])
+    create_markdown_artifact(markdown=table["markdown"], key="csr-sweep", description="CSR λ sweep and controls")
+    return {"arms": arms, "skipped": skipped, **table}
 
 
 def sweep_seed(cfg: RunConfig, inputs: Inputs, lams: list[float], controls: list[str], seed: int,

@@ -89,6 +89,16 @@ def test_the_table_has_one_row_per_arm_and_seed(swept):
     assert len(paired_table.splitlines()) == 2 + 6
 
 
+def test_the_table_is_published_as_a_prefect_artifact(swept):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        only_ours = ArtifactFilter(key=ArtifactFilterKey(any_=["csr-sweep"]))
+        artifacts = client.read_artifacts(artifact_filter=only_ours)
+    assert swept["result"]["markdown"] in [a.data for a in artifacts]
+
+
 def test_a_rerun_from_the_cli_is_all_cache_hits(swept, monkeypatch, capsys):
     from csr_core.adapters.relevance import OpenClipRelevance
     from csr_core.adapters.vlm import LlavaAdapter

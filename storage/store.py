@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Iterator
 
 import duckdb
 import pandas as pd
@@ -141,6 +141,15 @@ def _check_identifier(name: str) -> str:
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
         raise ValueError(f"not a plain SQL identifier: {name!r}")
     return name
+
+
+def query_rows(path: str | Path, sql: str, params: list | tuple | None = None) -> list[tuple]:
+    """One read-only query against a database file that no process is writing."""
+    store = Store(path, read_only=True)
+    try:
+        return store.rows(sql, params)
+    finally:
+        store.close()
 
 
 _OPEN: dict[str, Store] = {}

@@ -59,37 +59,38 @@ def build_scenes(db: str, cfg: WorldConfig, world_dir: str) -> str:
 def train_world_vlm(db: str, cfg: WorldConfig, world_dir: str, scenes_key: str, show_progress: bool = True) -> str:
     from csr_core.world.vlm import train_base_vlm
 
-    store = open_store(db)
-    spec = StageSpec("world_vlm", {"world": cfg}, {"scenes": scenes_key})
-    out_dir = Path(world_dir) / VLM_DIR
-    _rerun_if_missing(store, spec, [out_dir / "config.json"])
+    def train(scenes, images, out_dir, progress):
+        return train_base_vlm(scenes, images, build_corpus(scenes, cfg), cfg, out_dir, progress=progress)
 
-    def work(key: str) -> None:
-        scenes, images = _train_split(store, cfg, scenes_key)
-        progress = TrainingProgress("world VLM", show_progress)
-        stats = train_base_vlm(scenes, images, build_corpus(scenes, cfg), cfg, out_dir, progress=progress)
-        progress.close()
-        (out_dir / "training_stats.json").write_text(json.dumps(stats, indent=2))
-        logger().info("world VLM trained in %.0f s", stats.get("seconds", 0))
-
-    return run_whole_stage(store, spec, work)
+    return _train_stage(db, cfg, scenes_key, "world_vlm", Path(world_dir) / VLM_DIR, "config.json", train,
+                        show_progress)
 
 
 @task(name="world-clip", **TASK_OPTIONS)
 def train_world_clip(db: str, cfg: WorldConfig, world_dir: str, scenes_key: str, show_progress: bool = True) -> str:
     from csr_core.world.clip import train_relevance_clip
 
+    def train(scenes, images, out_dir, progress):
+        return train_relevance_clip(scenes, images, cfg, out_dir, progress=progress)
+
+    return _train_stage(db, cfg, scenes_key, "world_clip", Path(world_dir) / CLIP_DIR, "open_clip_config.json",
+                        train, show_progress)
+
+
+def _train_stage(db: str, cfg: WorldConfig, scenes_key: str, stage: str, out_dir: Path, marker: str, train,
+                 show_progress: bool) -> str:
+    """A world model trained on the train split into `out_dir`, with its training stats beside it."""
     store = open_store(db)
-    spec = StageSpec("world_clip", {"world": cfg}, {"scenes": scenes_key})
-    out_dir = Path(world_dir) / CLIP_DIR
-    _rerun_if_missing(store, spec, [out_dir / "open_clip_config.json"])
+    spec = StageSpec(stage, {"world": cfg}, {"scenes": scenes_key})
+    _rerun_if_missing(store, spec, [out_dir / marker])
 
     def work(key: str) -> None:
         scenes, images = _train_split(store, cfg, scenes_key)
-        progress = TrainingProgress("world CLIP", show_progress)
-        stats = train_relevance_clip(scenes, images, cfg, out_dir, progress=progress)
+        progress = TrainingProgress(stage, show_progress)
+        stats = train(scenes, images, out_dir, progress)
         progress.close()
         (out_dir / "training_stats.json").write_text(json.dumps(stats, indent=2))
+        logger().info("%s trained in %.0f s", stage, stats.get("seconds", 0))
 
     return run_whole_stage(store, spec, work)
 

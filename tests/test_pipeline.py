@@ -9,8 +9,7 @@ import pytest
 from flows.cli import main as csr
 from flows.pipeline import csr_pipeline
 from flows.rescore import rescore
-from storage.store import Store, close_all
-
+from storage.store import close_all, query_rows
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -47,42 +46,35 @@ def finished_run(tiny_world, tmp_path_factory):
     return run
 
 
-def _query(db, sql, params=None):
-    store = Store(db, read_only=True)
-    try:
-        return store.rows(sql, params)
-    finally:
-        store.close()
-
 
 def test_every_stage_completes_and_writes_its_artifacts(finished_run):
     db = finished_run["db"]
-    stages = dict(_query(db, "SELECT stage, count(*) FROM stages WHERE status = 'complete' GROUP BY stage"))
+    stages = dict(query_rows(db, "SELECT stage, count(*) FROM stages WHERE status = 'complete' GROUP BY stage"))
     for stage in ("world_scenes", "world_vlm", "world_clip", "sample_prompts", "generate_candidates",
                   "score_relevance", "calibrate_select", "dpo_finetune", "evaluate"):
         assert stages.get(stage, 0) >= 1, stage
-    assert _query(db, "SELECT count(*) FROM stages WHERE status != 'complete'")[0][0] == 0
-    n_nodes, n_scored = _query(db, "SELECT count(*), count(cosine) FROM tree_v WHERE node_id > 0")[0]
+    assert query_rows(db, "SELECT count(*) FROM stages WHERE status != 'complete'")[0][0] == 0
+    n_nodes, n_scored = query_rows(db, "SELECT count(*), count(cosine) FROM tree_v WHERE node_id > 0")[0]
     assert n_nodes > 0 and n_scored == n_nodes
-    assert _query(db, "SELECT count(*) FROM preference_pairs_v WHERE chosen != rejected")[0][0] >= 1
-    rounds = {r[0] for r in _query(db, "SELECT DISTINCT round FROM eval_results WHERE split = 'greedy'")}
+    assert query_rows(db, "SELECT count(*) FROM preference_pairs_v WHERE chosen != rejected")[0][0] >= 1
+    rounds = {r[0] for r in query_rows(db, "SELECT DISTINCT round FROM eval_results WHERE split = 'greedy'")}
     assert rounds == {0, 1}
-    assert _query(db, "SELECT count(*) FROM training_metrics WHERE name = 'loss'")[0][0] >= 1
+    assert query_rows(db, "SELECT count(*) FROM training_metrics WHERE name = 'loss'")[0][0] >= 1
 
 
 def test_lineage_links_the_round_model_to_its_parent_and_pairs(finished_run):
-    (row,) = _query(finished_run["db"], "SELECT round, parent_key, pairs_key, n_pairs FROM lineage_v WHERE round = 1")
+    (row,) = query_rows(finished_run["db"], "SELECT round, parent_key, pairs_key, n_pairs FROM lineage_v WHERE round = 1")
     assert row[1].startswith("model-") and row[2].startswith("calibrate_select-") and row[3] >= 1
 
 
 def test_a_rerun_is_all_cache_hits(finished_run, monkeypatch):
     counter = LoadCounter(monkeypatch)
-    before = _query(finished_run["db"], "SELECT count(*) FROM stages")[0][0]
+    before = query_rows(finished_run["db"], "SELECT count(*) FROM stages")[0][0]
     summary = csr_pipeline(config_files=finished_run["config_files"], overrides=finished_run["overrides"])
     close_all()
     assert summary == finished_run["summary"]
     assert counter.calls == {"vlm": 0, "clip": 0}
-    assert _query(finished_run["db"], "SELECT count(*) FROM stages")[0][0] == before
+    assert query_rows(finished_run["db"], "SELECT count(*) FROM stages")[0][0] == before
 
 
 def test_rescore_with_a_new_lambda_calls_neither_vlm_nor_clip(finished_run, monkeypatch):
@@ -95,7 +87,7 @@ def test_rescore_with_a_new_lambda_calls_neither_vlm_nor_clip(finished_run, monk
     (result,) = results
     assert result["tree"] == original["tree"] and result["relevance"] == original["relevance"]
     assert result["pairs"] != original["pairs"]
-    lams = {r[0] for r in _query(finished_run["db"], "SELECT DISTINCT lam FROM preference_pairs_v")}
+    lams = {r[0] for r in query_rows(finished_run["db"], "SELECT DISTINCT lam FROM preference_pairs_v")}
     assert lams == {0.0, 0.9}
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from flows.cli import main as csr
 from flows.stages import calibrate_flow
-from storage.store import Store, close_all
+from storage.store import close_all, query_rows
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -22,13 +22,6 @@ GENERATE = textwrap.dedent("""
     generate_flow(config_files=[sys.argv[1]], overrides=sys.argv[2:])
 """)
 
-
-def _rows(db, sql):
-    store = Store(db, read_only=True)
-    try:
-        return store.rows(sql)
-    finally:
-        store.close()
 
 
 def _generate(run, extra, kill_after_commits: int | None = None) -> int:
@@ -52,7 +45,7 @@ def test_sigkill_mid_generation_then_rerun_loses_and_duplicates_nothing(tiny_run
     extra = ["prompts.n_per_round=6", "runtime.chunk_size=1"]
     assert _generate(tiny_run, extra, kill_after_commits=2) == -signal.SIGKILL
     db = tiny_run["db"]
-    status, done = _rows(db, "SELECT status, (SELECT count(*) FROM stage_items i WHERE i.stage_key = s.stage_key) "
+    status, done = query_rows(db, "SELECT status, (SELECT count(*) FROM stage_items i WHERE i.stage_key = s.stage_key) "
                              "FROM stages s WHERE stage = 'generate_candidates'")[0]
     assert status == "running" and 2 <= done < 6
 
@@ -64,10 +57,10 @@ def test_sigkill_mid_generation_then_rerun_loses_and_duplicates_nothing(tiny_run
 
     query = ("SELECT prompt_id, node_id, parent_id, text, token_count, round(logprob_sum, 4), is_final "
              "FROM tree_nodes ORDER BY ALL")
-    resumed, clean = _rows(db, query), _rows(reference, query)
+    resumed, clean = query_rows(db, query), query_rows(reference, query)
     assert resumed == clean and len(resumed) > 6
     assert len({(r[0], r[1]) for r in resumed}) == len(resumed)
-    assert _rows(db, "SELECT status, n_done FROM stages WHERE stage = 'generate_candidates'") == [("complete", 6)]
+    assert query_rows(db, "SELECT status, n_done FROM stages WHERE stage = 'generate_candidates'") == [("complete", 6)]
 
 
 def _bad_pool(tmp_path: Path, data_dir: Path) -> Path:
@@ -93,10 +86,10 @@ def test_bad_images_and_rows_are_recorded_and_the_run_goes_on(tiny_run, tmp_path
     calibrate_flow(config_files=tiny_run["config_files"], overrides=overrides)
     close_all()
     db = tiny_run["db"]
-    errors = dict(_rows(db, "SELECT prompt_id, error FROM prompts WHERE status = 'invalid'"))
+    errors = dict(query_rows(db, "SELECT prompt_id, error FROM prompts WHERE status = 'invalid'"))
     assert "unreadable image" in errors["corrupt"] and "image not found" in errors["missing"]
     assert "missing field 'input'" in errors["malformed"]
-    assert _rows(db, "SELECT count(DISTINCT prompt_id) FROM tree_nodes")[0][0] == 4
-    assert _rows(db, "SELECT status FROM stages WHERE stage = 'calibrate_select'") == [("complete",)]
+    assert query_rows(db, "SELECT count(DISTINCT prompt_id) FROM tree_nodes")[0][0] == 4
+    assert query_rows(db, "SELECT status FROM stages WHERE stage = 'calibrate_select'") == [("complete",)]
     assert csr(["status", "--db", str(db)]) == 0
     assert "3 invalid prompt rows" in capsys.readouterr().out

@@ -10,7 +10,7 @@ import pytest
 from flows.cli import main as csr
 from flows.config import load_config
 from flows.sweep import check_arms, sweep
-from storage.store import Store, close_all
+from storage.store import close_all, query_rows
 from tasks.controls import has_ground_truth
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,18 +28,11 @@ def swept(tiny_world, tmp_path_factory):
     return {"db": db, "overrides": overrides, "result": result, "data_dir": tiny_world["data_dir"]}
 
 
-def _rows(db, sql, params=None):
-    store = Store(db, read_only=True)
-    try:
-        return store.rows(sql, params)
-    finally:
-        store.close()
-
 
 def test_every_arm_trains_and_evaluates_once(swept):
     db = swept["db"]
-    counts = dict(_rows(db, "SELECT stage, count(*) FROM stages WHERE status = 'complete' GROUP BY stage"))
-    assert _rows(db, "SELECT count(*) FROM stages WHERE status != 'complete'")[0][0] == 0
+    counts = dict(query_rows(db, "SELECT stage, count(*) FROM stages WHERE status = 'complete' GROUP BY stage"))
+    assert query_rows(db, "SELECT count(*) FROM stages WHERE status != 'complete'")[0][0] == 0
     assert counts["sample_prompts"] == counts["generate_candidates"] == counts["score_relevance"] == 1
     assert counts["calibrate_select"] == 2  # the controls pick among the paths of the config's λ (0.9) arm
     assert counts["control_pairs"] == 2 and counts["dpo_finetune"] == 4
@@ -52,7 +45,7 @@ def test_every_arm_trains_and_evaluates_once(swept):
 def test_arms_share_the_candidates_and_relevance_scores(swept):
     arms = swept["result"]["arms"]
     assert len({(a["prompts"], a["tree"], a["relevance"]) for a in arms}) == 1
-    upstream = [json.loads(u) for (u,) in _rows(swept["db"], "SELECT upstream FROM stages WHERE stage = "
+    upstream = [json.loads(u) for (u,) in query_rows(swept["db"], "SELECT upstream FROM stages WHERE stage = "
                                                              "'calibrate_select'")]
     assert {(u["tree"], u["relevance"]) for u in upstream} == {(arms[0]["tree"], arms[0]["relevance"])}
 
@@ -60,17 +53,17 @@ def test_arms_share_the_candidates_and_relevance_scores(swept):
 def test_control_pairs_are_marked_and_drawn_from_the_scored_paths(swept):
     db = swept["db"]
     for arm in swept["result"]["arms"][2:]:
-        rows = _rows(db, "SELECT DISTINCT mode, lam FROM preference_pairs_v WHERE pairs_key = ?", [arm["pairs"]])
+        rows = query_rows(db, "SELECT DISTINCT mode, lam FROM preference_pairs_v WHERE pairs_key = ?", [arm["pairs"]])
         assert rows == [(arm["arm"], -1.0)]
-        (paths_key,) = _rows(db, "SELECT json_extract_string(upstream, '$.paths') FROM stages WHERE stage_key = ?",
+        (paths_key,) = query_rows(db, "SELECT json_extract_string(upstream, '$.paths') FROM stages WHERE stage_key = ?",
                              [arm["pairs"]])[0]
-        outside = _rows(db, "SELECT count(*) FROM preference_pairs pp WHERE pp.stage_key = ? AND ("
+        outside = query_rows(db, "SELECT count(*) FROM preference_pairs pp WHERE pp.stage_key = ? AND ("
                             "pp.chosen NOT IN (SELECT text FROM path_rewards WHERE stage_key = ?) OR "
                             "pp.rejected NOT IN (SELECT text FROM path_rewards WHERE stage_key = ?))",
                         [arm["pairs"], paths_key, paths_key])[0][0]
         assert outside == 0
     oracle = swept["result"]["arms"][3]
-    worse = _rows(db, "SELECT value FROM eval_results WHERE stage_key = ? AND metric = 'n_worse'",
+    worse = query_rows(db, "SELECT value FROM eval_results WHERE stage_key = ? AND metric = 'n_worse'",
                   [oracle["pair_accuracy"]])
     assert worse == [(0.0,)]  # by ground truth, the oracle's chosen never hallucinates more
 
@@ -108,12 +101,12 @@ def test_a_rerun_from_the_cli_is_all_cache_hits(swept, monkeypatch, capsys):
 
     for cls in (LlavaAdapter, OpenClipRelevance):
         monkeypatch.setattr(cls, "from_pretrained", classmethod(refuse))
-    before = _rows(swept["db"], "SELECT count(*) FROM stages")[0][0]
+    before = query_rows(swept["db"], "SELECT count(*) FROM stages")[0][0]
     args = ["sweep", "--config", TINY, "--db", str(swept["db"]), "--data-dir", str(swept["data_dir"]),
             "--lam", "0,0.9", "--controls", "random,oracle", "--seeds", "0"]
     assert csr(args) == 0
     close_all()
-    assert _rows(swept["db"], "SELECT count(*) FROM stages")[0][0] == before
+    assert query_rows(swept["db"], "SELECT count(*) FROM stages")[0][0] == before
     assert "| 1 | oracle | 0 |" in capsys.readouterr().out
 
 

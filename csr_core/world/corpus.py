@@ -1,0 +1,88 @@
+"""The instruction corpus the base VLM is fine-tuned on, with controlled, realistic noise.
+
+Descriptions name one object per sentence, in reading order. With probability
+``caption_noise`` a caption ends with one extra sentence naming an *absent* object
+from the scene's theme, the way human captions mention what usually goes with what
+they see. Yes/no questions are balanced; their negatives are half same-theme
+(adversarial) and half random, and a same-theme negative is answered "Yes." with
+probability ``yesno_noise``.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Sequence
+
+from .config import WorldConfig
+from .scenes import Scene, scene_rng
+from .vocab import (COLORS, article, INSTRUCTIONS, NO_ANSWER, OBJECTS, SENTENCE_TEMPLATES, THEMES, YES_ANSWER,
+                    YESNO_TEMPLATE)
+
+
+@dataclass(frozen=True)
+class Example:
+    scene_id: str
+    kind: str  # "describe" | "yesno"
+    instruction: str
+    answer: str
+
+
+def build_corpus(scenes: Sequence[Scene], cfg: WorldConfig) -> list[Example]:
+    examples: list[Example] = []
+    for scene in scenes:
+        rng = scene_rng(cfg.seed, "corpus:" + scene.scene_id)
+        for _ in range(cfg.describe_per_scene):
+            examples.append(Example(scene.scene_id, "describe", rng.choice(INSTRUCTIONS),
+                                    noisy_caption(scene, rng, cfg.caption_noise)))
+        examples.extend(_yesno_examples(scene, rng, cfg))
+    return examples
+
+
+def instruction_for(scene_id: str, seed: int) -> str:
+    """The description instruction a pool or eval scene is prompted with (deterministic)."""
+    return scene_rng(seed, "instruction:" + scene_id).choice(INSTRUCTIONS)
+
+
+def object_sentence(name: str, color: str, rng: random.Random) -> str:
+    a = article(color)
+    return rng.choice(SENTENCE_TEMPLATES).format(a=a, A=a.capitalize(), color=color, name=name)
+
+
+def clean_caption(scene: Scene, rng: random.Random) -> str:
+    return " ".join(object_sentence(obj.name, obj.color, rng) for obj in scene.objects)
+
+
+def noisy_caption(scene: Scene, rng: random.Random, noise: float) -> str:
+    caption = clean_caption(scene, rng)
+    if rng.random() < noise:
+        absent = cooccurring_absent(scene) or absent_objects(scene)
+        caption += " " + object_sentence(rng.choice(absent), rng.choice(sorted(COLORS)), rng)
+    return caption
+
+
+def absent_objects(scene: Scene) -> list[str]:
+    return [name for name in OBJECTS if name not in scene.object_names]
+
+
+def cooccurring_absent(scene: Scene) -> list[str]:
+    """Absent objects of the scene's theme: what the language prior suggests."""
+    return [name for name in THEMES[scene.theme] if name not in scene.object_names]
+
+
+def _yesno_examples(scene: Scene, rng: random.Random, cfg: WorldConfig) -> list[Example]:
+    examples = []
+    for k in range(cfg.yesno_per_scene):
+        if k % 2 == 0:
+            name, answer = rng.choice(scene.object_names), YES_ANSWER
+        else:
+            name, answer = _negative(scene, rng, cfg.yesno_noise)
+        examples.append(Example(scene.scene_id, "yesno", YESNO_TEMPLATE.format(a=article(name), name=name), answer))
+    return examples
+
+
+def _negative(scene: Scene, rng: random.Random, noise: float) -> tuple[str, str]:
+    same_theme = cooccurring_absent(scene)
+    if same_theme and rng.random() < 0.5:
+        return rng.choice(same_theme), YES_ANSWER if rng.random() < noise else NO_ANSWER
+    return rng.choice(absent_objects(scene)), NO_ANSWER

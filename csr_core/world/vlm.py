@@ -1,0 +1,244 @@
+"""The world's base VLM: a LLaVA-architecture model sized for CPU, trained in two stages.
+
+1. Vision pretraining: the CLIP-style vision tower learns to name the object and
+   colour in each grid cell (a head over the cell's pooled patch features). Without
+   it a from-scratch model learns colours but not shapes in a CPU budget.
+2. SFT: with the tower frozen (its features computed once), the projector and the
+   Llama decoder learn the corpus; loss on answer tokens only.
+
+The result is saved with ``save_pretrained`` (model + processor, safetensors), so it
+loads exactly like ``llava-hf/llava-1.5-7b-hf``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
+                          LlavaForConditionalGeneration, LlavaProcessor)
+
+from .config import WorldConfig
+from .corpus import Example
+from .scenes import Scene
+from .tokenizer import CHAT_TEMPLATE, build_tokenizer
+from .vocab import COLORS, OBJECTS
+
+Images = Mapping[str, Image.Image] | Callable[[Scene], Image.Image]
+Progress = Callable[[str, int, int, float], None] | None
+IMAGE_MEAN = (0.5, 0.5, 0.5)
+IMAGE_STD = (0.5, 0.5, 0.5)
+VISION_FEATURE_LAYER = -1
+
+
+def build_processor(cfg: WorldConfig) -> LlavaProcessor:
+    size = cfg.image_size
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": size}, crop_size={"height": size, "width": size},
+        image_mean=list(IMAGE_MEAN), image_std=list(IMAGE_STD),
+    )
+    return LlavaProcessor(
+        image_processor=image_processor, tokenizer=build_tokenizer(), patch_size=cfg.patch_size,
+        vision_feature_select_strategy="default", num_additional_image_tokens=1, chat_template=CHAT_TEMPLATE,
+    )
+
+
+def build_model(cfg: WorldConfig, processor: LlavaProcessor) -> LlavaForConditionalGeneration:
+    tokenizer = processor.tokenizer
+    n_patches = (cfg.image_size // cfg.patch_size) ** 2
+    vision = CLIPVisionConfig(
+        hidden_size=cfg.vision_hidden, intermediate_size=4 * cfg.vision_hidden,
+        num_hidden_layers=cfg.vision_layers, num_attention_heads=cfg.vision_heads,
+        image_size=cfg.image_size, patch_size=cfg.patch_size, projection_dim=cfg.vision_hidden,
+    )
+    text = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=cfg.llm_hidden, intermediate_size=3 * cfg.llm_hidden,
+        num_hidden_layers=cfg.llm_layers, num_attention_heads=cfg.llm_heads, num_key_value_heads=cfg.llm_heads,
+        max_position_embeddings=256, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    config = LlavaConfig(
+        vision_config=vision, text_config=text, image_token_index=processor.image_token_id,
+        vision_feature_layer=VISION_FEATURE_LAYER, vision_feature_select_strategy="default",
+        image_seq_length=n_patches,
+    )
+    torch.manual_seed(cfg.seed)
+    model = LlavaForConditionalGeneration(config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    return model
+
+
+def train_base_vlm(train_scenes: Sequence[Scene], images: Images, corpus: Sequence[Example],
+                   cfg: WorldConfig, out_dir: Path, *, progress: Progress = None) -> dict:
+    """Build, pretrain the vision tower, fine-tune on the corpus, save to ``out_dir``."""
+    torch.set_num_threads(cfg.num_threads)
+    start = time.perf_counter()
+    processor = build_processor(cfg)
+    model = build_model(cfg, processor)
+    pixels = pixel_values(processor, train_scenes, images)
+    vision_stats = pretrain_vision(model, pixels, train_scenes, cfg, progress)
+    vision_seconds = time.perf_counter() - start
+    features = vision_features(model, pixels)
+    index = {scene.scene_id: i for i, scene in enumerate(train_scenes)}
+    sft_stats = supervised_finetune(model, processor, features, index, corpus, cfg, progress)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    return {**vision_stats, **sft_stats, "vision_seconds": vision_seconds,
+            "seconds": time.perf_counter() - start, "parameters": sum(p.numel() for p in model.parameters())}
+
+
+def pixel_values(processor: LlavaProcessor, scenes: Sequence[Scene], images: Images) -> torch.Tensor:
+    batch = [images(scene) if callable(images) else images[scene.scene_id] for scene in scenes]
+    return processor.image_processor(batch, return_tensors="pt")["pixel_values"]
+
+
+# ---- stage 1: vision tower pretraining on cell classification ----------------------------------
+
+def cell_targets(scenes: Sequence[Scene], cfg: WorldConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per cell: object class (len(OBJECTS) = empty) and colour (-100 where empty)."""
+    cells = cfg.grid**2
+    names = torch.full((len(scenes), cells), len(OBJECTS), dtype=torch.long)
+    colors = torch.full((len(scenes), cells), -100, dtype=torch.long)
+    color_ids = {c: i for i, c in enumerate(COLORS)}
+    for i, scene in enumerate(scenes):
+        for obj in scene.objects:
+            names[i, obj.cell] = OBJECTS.index(obj.name)
+            colors[i, obj.cell] = color_ids[obj.color]
+    return names, colors
+
+
+def _patch_features(model: LlavaForConditionalGeneration, pixels: torch.Tensor) -> torch.Tensor:
+    out = model.model.vision_tower(pixels, output_hidden_states=True)
+    return out.hidden_states[VISION_FEATURE_LAYER][:, 1:]  # drop CLS, as strategy "default" does
+
+
+def _pool_cells(patches: torch.Tensor, cfg: WorldConfig) -> torch.Tensor:
+    side = cfg.image_size // cfg.patch_size
+    per_cell = side // cfg.grid
+    b, _, d = patches.shape
+    grid = patches.reshape(b, cfg.grid, per_cell, cfg.grid, per_cell, d)
+    return grid.mean(dim=(2, 4)).reshape(b, cfg.grid**2, d)
+
+
+def pretrain_vision(model: LlavaForConditionalGeneration, pixels: torch.Tensor, scenes: Sequence[Scene],
+                    cfg: WorldConfig, progress: Progress = None) -> dict:
+    names, colors = cell_targets(scenes, cfg)
+    d = cfg.vision_hidden
+    heads = torch.nn.ModuleDict({"name": torch.nn.Linear(d, len(OBJECTS) + 1), "color": torch.nn.Linear(d, len(COLORS))})
+    tower = model.model.vision_tower
+    params = list(tower.parameters()) + list(heads.parameters())
+    optimizer = torch.optim.AdamW(params, lr=cfg.vision_pretrain_lr, weight_decay=0.0)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    tower.train()
+    loss_value, accuracy = float("nan"), float("nan")
+    for step in range(cfg.vision_pretrain_steps):
+        _set_lr(optimizer, cfg.vision_pretrain_lr, step, cfg.vision_pretrain_steps)
+        batch = torch.randint(len(scenes), (cfg.batch_size * 2,), generator=generator)
+        cells = _pool_cells(_patch_features(model, pixels[batch]), cfg)
+        name_logits, color_logits = heads["name"](cells), heads["color"](cells)
+        loss = F.cross_entropy(name_logits.flatten(0, 1), names[batch].flatten())
+        loss = loss + F.cross_entropy(color_logits.flatten(0, 1), colors[batch].flatten(), ignore_index=-100)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_value = loss.item()
+        accuracy = (name_logits.argmax(-1) == names[batch]).float().mean().item()
+        if progress:
+            progress("vision", step + 1, cfg.vision_pretrain_steps, loss_value)
+    tower.eval()
+    return {"vision_loss": loss_value, "vision_cell_accuracy": accuracy}
+
+
+@torch.no_grad()
+def vision_features(model: LlavaForConditionalGeneration, pixels: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+    return torch.cat([_patch_features(model, pixels[i:i + chunk]) for i in range(0, len(pixels), chunk)])
+
+
+# ---- stage 2: supervised fine-tuning of projector + decoder ------------------------------------
+
+def encode_example(processor: LlavaProcessor, example: Example, n_image_tokens: int) -> tuple[list[int], int]:
+    """Token ids of prompt + answer + eos, and the prompt length (the loss starts after it).
+
+    The prompt ids equal what ``processor(images=..., text=prompt)`` produces.
+    """
+    tokenizer = processor.tokenizer
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": example.instruction}]}]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    prompt_ids: list[int] = []
+    for token in tokenizer(prompt).input_ids:
+        prompt_ids += [token] * (n_image_tokens if token == processor.image_token_id else 1)
+    answer_ids = tokenizer(example.answer, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+    return prompt_ids + answer_ids, len(prompt_ids)
+
+
+def _collate(encoded: list[tuple[list[int], int]], weights: list[float], pad_id: int):
+    length = max(len(ids) for ids, _ in encoded)
+    input_ids = torch.full((len(encoded), length), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(encoded), length), dtype=torch.long)
+    loss_weight = torch.zeros((len(encoded), length))
+    for row, ((ids, prompt_len), weight) in enumerate(zip(encoded, weights)):
+        input_ids[row, :len(ids)] = torch.tensor(ids)
+        attention[row, :len(ids)] = 1
+        loss_weight[row, prompt_len:len(ids)] = weight  # weight on targets at these positions
+    return input_ids, attention, loss_weight
+
+
+def supervised_finetune(model: LlavaForConditionalGeneration, processor: LlavaProcessor, features: torch.Tensor,
+                        scene_index: Mapping[str, int], corpus: Sequence[Example], cfg: WorldConfig,
+                        progress: Progress = None) -> dict:
+    for p in model.model.vision_tower.parameters():
+        p.requires_grad_(False)
+    n_image_tokens = features.shape[1]
+    encoded = [encode_example(processor, ex, n_image_tokens) for ex in corpus]
+    weights = [cfg.yesno_loss_weight if ex.kind == "yesno" else 1.0 for ex in corpus]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.sft_lr, weight_decay=0.0)
+    generator = torch.Generator().manual_seed(cfg.seed + 1)
+    embed, projector = model.get_input_embeddings(), model.model.multi_modal_projector
+    model.train()
+    loss_value = float("nan")
+    for step in range(cfg.sft_steps):
+        _set_lr(optimizer, cfg.sft_lr, step, cfg.sft_steps)
+        batch = torch.randint(len(corpus), (cfg.batch_size,), generator=generator).tolist()
+        input_ids, attention, loss_weight = _collate([encoded[i] for i in batch], [weights[i] for i in batch],
+                                                     processor.tokenizer.pad_token_id)
+        image_feats = projector(features[[scene_index[corpus[i].scene_id] for i in batch]])
+        mask = (input_ids == processor.image_token_id).unsqueeze(-1)
+        inputs_embeds = embed(input_ids).masked_scatter(mask, image_feats.to(embed.weight.dtype))
+        hidden = model.model.language_model(inputs_embeds=inputs_embeds, attention_mask=attention).last_hidden_state
+        logits = model.lm_head(hidden[:, :-1])
+        token_loss = F.cross_entropy(logits.flatten(0, 1), input_ids[:, 1:].flatten(), reduction="none")
+        target_weight = loss_weight[:, 1:].flatten()
+        loss = (token_loss * target_weight).sum() / target_weight.sum()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        optimizer.step()
+        loss_value = loss.item()
+        if progress:
+            progress("sft", step + 1, cfg.sft_steps, loss_value)
+    model.eval()
+    for p in model.model.vision_tower.parameters():
+        p.requires_grad_(True)
+    return {"sft_loss": loss_value, "sft_examples": len(corpus)}
+
+
+def _set_lr(optimizer: torch.optim.Optimizer, peak: float, step: int, total: int) -> None:
+    """Linear warmup over the first 5% of steps, then cosine decay to 10% of peak."""
+    warmup = max(1, total // 20)
+    if step < warmup:
+        lr = peak * (step + 1) / warmup
+    else:
+        progress = (step - warmup) / max(1, total - warmup)
+        lr = peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+    for group in optimizer.param_groups:
+        group["lr"] = lr

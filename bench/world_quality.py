@@ -18,16 +18,23 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
-from csr_core.adapters.relevance import OpenClipRelevance  # noqa: E402
-from csr_core.adapters.vlm import LlavaAdapter  # noqa: E402
-from csr_core.metrics import (POPE_SPLITS, ObjectVocab, PopeItem, chair, pope_metrics, pope_questions,  # noqa: E402
-                              theme_share)
-from csr_core.world.config import WorldConfig  # noqa: E402
-from csr_core.world.corpus import absent_objects, cooccurring_absent, instruction_for, object_sentence  # noqa: E402
-from csr_core.world.scenes import generate_scenes, render_scene  # noqa: E402
-from csr_core.world.vocab import COLORS, OBJECTS, SYNONYMS, THEMES  # noqa: E402
+from csr_core.adapters.relevance import OpenClipRelevance
+from csr_core.adapters.vlm import LlavaAdapter
+from csr_core.metrics import (
+    POPE_SPLITS,
+    ObjectVocab,
+    PopeItem,
+    chair,
+    pope_metrics,
+    pope_questions,
+    theme_share,
+)
+from csr_core.world.config import WorldConfig
+from csr_core.world.corpus import absent_objects, cooccurring_absent, instruction_for, object_sentence
+from csr_core.world.scenes import generate_scenes, render_scene
+from csr_core.world.vocab import COLORS, OBJECTS, SYNONYMS, THEMES
 
 
 def load_config(world: Path, seed: int) -> WorldConfig:

@@ -13,8 +13,8 @@ import json
 import math
 import random
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import open_clip
 import torch
@@ -86,7 +86,7 @@ def _pretrain_visual(model, pixels: torch.Tensor, scenes: Sequence[Scene], cfg: 
                      progress: Progress) -> dict:
     """Cell classification warm-up of the image tower; from scratch, the contrastive loss alone
     collapses to constant features at this size (every cosine equal)."""
-    names, colors = cell_targets(scenes, cfg)
+    names, colors, _ = cell_targets(scenes, cfg)
     heads = torch.nn.ModuleDict({"name": torch.nn.Linear(cfg.clip_width, names.max().item() + 1),
                                  "color": torch.nn.Linear(cfg.clip_width, len(COLORS))})
     optimizer = torch.optim.AdamW([*model.visual.parameters(), *heads.parameters()], lr=cfg.clip_lr, weight_decay=0.0)

@@ -13,12 +13,12 @@ class WorldConfig:
     grid: int = 2
     min_objects: int = 1
     max_objects: int = 4
-    theme_purity: float = 0.85  # chance that each object comes from the scene's theme
+    theme_purity: float = 0.9  # chance that each object comes from the scene's theme
     n_train_scenes: int = 6000
     n_pool_scenes: int = 500
     n_eval_scenes: int = 300
     # Corpus noise: the language prior the base model inherits.
-    caption_noise: float = 0.6  # chance a caption ends with a sentence naming an absent same-theme object
+    caption_noise: float = 0.7  # chance a caption ends with a sentence naming an absent same-theme object
     yesno_noise: float = 0.1  # chance a same-theme absent object is answered "Yes."
     yesno_per_scene: int = 2  # yes/no questions per train scene (balanced yes/no)
     describe_per_scene: int = 1
@@ -33,7 +33,7 @@ class WorldConfig:
     llm_hidden: int = 128
     llm_layers: int = 3
     llm_heads: int = 4
-    sft_steps: int = 1200
+    sft_steps: int = 2000
     sft_lr: float = 2e-3
     yesno_loss_weight: float = 3.0  # per-token weight of yes/no answers (they are 3 tokens, captions ~25)
     batch_size: int = 32
@@ -44,7 +44,7 @@ class WorldConfig:
     clip_heads: int = 4
     clip_context_length: int = 16
     clip_pretrain_steps: int = 200
-    clip_steps: int = 400
+    clip_steps: int = 600
     clip_lr: float = 2e-3
     clip_batch_size: int = 64
     num_threads: int = 2
@@ -74,18 +74,18 @@ class WorldConfig:
         _require(self, "clip_width", self.clip_width % self.clip_heads == 0, "must divide by clip_heads")
 
     @classmethod
-    def tiny(cls, **overrides) -> "WorldConfig":
+    def tiny(cls, **overrides) -> WorldConfig:
         """A few-second build for integration tests; the models learn little."""
-        small = dict(
-            n_train_scenes=64, n_pool_scenes=8, n_eval_scenes=8, vision_hidden=32, vision_layers=1,
-            vision_heads=2, vision_pretrain_steps=5, llm_hidden=32, llm_layers=1, llm_heads=2,
-            sft_steps=5, batch_size=8, clip_embed_dim=16, clip_width=32, clip_layers=1, clip_heads=2,
-            clip_pretrain_steps=5, clip_steps=5, clip_batch_size=8,
-        )
+        small = {
+            "n_train_scenes": 64, "n_pool_scenes": 8, "n_eval_scenes": 8, "vision_hidden": 32, "vision_layers": 1,
+            "vision_heads": 2, "vision_pretrain_steps": 5, "llm_hidden": 32, "llm_layers": 1, "llm_heads": 2,
+            "sft_steps": 5, "batch_size": 8, "clip_embed_dim": 16, "clip_width": 32, "clip_layers": 1, "clip_heads": 2,
+            "clip_pretrain_steps": 5, "clip_steps": 5, "clip_batch_size": 8,
+        }
         small.update(overrides)
         return cls(**small)
 
-    def with_overrides(self, **overrides) -> "WorldConfig":
+    def with_overrides(self, **overrides) -> WorldConfig:
         unknown = set(overrides) - {f.name for f in fields(self)}
         if unknown:
             raise ValueError(f"WorldConfig has no field(s) {sorted(unknown)}")

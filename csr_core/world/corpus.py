@@ -11,13 +11,22 @@ probability ``yesno_noise``.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from .config import WorldConfig
 from .scenes import Scene, scene_rng
-from .vocab import (COLORS, article, INSTRUCTIONS, NO_ANSWER, OBJECTS, SENTENCE_TEMPLATES, THEMES, YES_ANSWER,
-                    YESNO_TEMPLATE)
+from .vocab import (
+    COLORS,
+    INSTRUCTIONS,
+    NO_ANSWER,
+    OBJECTS,
+    SENTENCE_TEMPLATES,
+    THEMES,
+    YES_ANSWER,
+    YESNO_TEMPLATE,
+    article,
+)
 
 
 @dataclass(frozen=True)

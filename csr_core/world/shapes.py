@@ -7,7 +7,7 @@ apart at ~24 px; colour fills the main part, details are dark.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 from PIL import ImageDraw
 

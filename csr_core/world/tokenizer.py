@@ -7,12 +7,21 @@ cleanup glues punctuation back: "There is a red mug ." decodes as "There is a re
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
-from .vocab import COLORS, INSTRUCTIONS, NO_ANSWER, POSITIONS, SENTENCE_TEMPLATES, SYNONYMS, YES_ANSWER, YESNO_TEMPLATE
+from .vocab import (
+    COLORS,
+    INSTRUCTIONS,
+    NO_ANSWER,
+    POSITIONS,
+    SENTENCE_TEMPLATES,
+    SYNONYMS,
+    YES_ANSWER,
+    YESNO_TEMPLATE,
+)
 
 PAD, UNK, BOS, EOS, IMAGE = "<pad>", "<unk>", "<s>", "</s>", "<image>"
 SPECIAL_TOKENS = (PAD, UNK, BOS, EOS, IMAGE)

@@ -1,8 +1,9 @@
 """The world's base VLM: a LLaVA-architecture model sized for CPU, trained in two stages.
 
 1. Vision pretraining: the CLIP-style vision tower learns to name the object and
-   colour in each grid cell (a head over the cell's pooled patch features). Without
-   it a from-scratch model learns colours but not shapes in a CPU budget.
+   colour in each grid cell (a head over the cell's pooled patch features) and, on its
+   CLS token, which objects the image holds. Without it a from-scratch model learns
+   colours but not shapes in a CPU budget.
 2. SFT: with the tower frozen (its features computed once), the projector and the
    Llama decoder learn the corpus; loss on answer tokens only.
 
@@ -14,14 +15,20 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
-                          LlavaForConditionalGeneration, LlavaProcessor)
+from transformers import (
+    CLIPImageProcessor,
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+)
 
 from .config import WorldConfig
 from .corpus import Example
@@ -34,6 +41,9 @@ Progress = Callable[[str, int, int, float], None] | None
 IMAGE_MEAN = (0.5, 0.5, 0.5)
 IMAGE_STD = (0.5, 0.5, 0.5)
 VISION_FEATURE_LAYER = -1
+# "full" keeps the CLS token as an image token. Pretrained to say which objects are present, it
+# gives the decoder one place to look up "is there a mug?"; without it yes/no stays at chance.
+FEATURE_STRATEGY = "full"
 
 
 def build_processor(cfg: WorldConfig) -> LlavaProcessor:
@@ -44,13 +54,17 @@ def build_processor(cfg: WorldConfig) -> LlavaProcessor:
     )
     return LlavaProcessor(
         image_processor=image_processor, tokenizer=build_tokenizer(), patch_size=cfg.patch_size,
-        vision_feature_select_strategy="default", num_additional_image_tokens=1, chat_template=CHAT_TEMPLATE,
+        vision_feature_select_strategy=FEATURE_STRATEGY, num_additional_image_tokens=1, chat_template=CHAT_TEMPLATE,
     )
+
+
+def n_image_tokens(cfg: WorldConfig) -> int:
+    """Image tokens per image in the prompt: one per patch, plus CLS (strategy "full")."""
+    return (cfg.image_size // cfg.patch_size) ** 2 + 1
 
 
 def build_model(cfg: WorldConfig, processor: LlavaProcessor) -> LlavaForConditionalGeneration:
     tokenizer = processor.tokenizer
-    n_patches = (cfg.image_size // cfg.patch_size) ** 2
     vision = CLIPVisionConfig(
         hidden_size=cfg.vision_hidden, intermediate_size=4 * cfg.vision_hidden,
         num_hidden_layers=cfg.vision_layers, num_attention_heads=cfg.vision_heads,
@@ -64,8 +78,8 @@ def build_model(cfg: WorldConfig, processor: LlavaProcessor) -> LlavaForConditio
     )
     config = LlavaConfig(
         vision_config=vision, text_config=text, image_token_index=processor.image_token_id,
-        vision_feature_layer=VISION_FEATURE_LAYER, vision_feature_select_strategy="default",
-        image_seq_length=n_patches,
+        vision_feature_layer=VISION_FEATURE_LAYER, vision_feature_select_strategy=FEATURE_STRATEGY,
+        image_seq_length=n_image_tokens(cfg),
     )
     torch.manual_seed(cfg.seed)
     model = LlavaForConditionalGeneration(config)
@@ -103,8 +117,9 @@ def pixel_values(processor: LlavaProcessor, scenes: Sequence[Scene], images: Ima
 
 # ---- stage 1: vision tower pretraining on cell classification ----------------------------------
 
-def cell_targets(scenes: Sequence[Scene], cfg: WorldConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per cell: object class (len(OBJECTS) = empty) and colour (-100 where empty)."""
+def cell_targets(scenes: Sequence[Scene], cfg: WorldConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per cell: object class (len(OBJECTS) = empty) and colour (-100 where empty), and the
+    per-image multi-hot presence of each class."""
     cells = cfg.grid**2
     names = torch.full((len(scenes), cells), len(OBJECTS), dtype=torch.long)
     colors = torch.full((len(scenes), cells), -100, dtype=torch.long)
@@ -113,12 +128,14 @@ def cell_targets(scenes: Sequence[Scene], cfg: WorldConfig) -> tuple[torch.Tenso
         for obj in scene.objects:
             names[i, obj.cell] = OBJECTS.index(obj.name)
             colors[i, obj.cell] = color_ids[obj.color]
-    return names, colors
+    present = F.one_hot(names, len(OBJECTS) + 1)[..., :-1].amax(dim=1).float()
+    return names, colors, present
 
 
-def _patch_features(model: LlavaForConditionalGeneration, pixels: torch.Tensor) -> torch.Tensor:
+def _image_features(model: LlavaForConditionalGeneration, pixels: torch.Tensor) -> torch.Tensor:
+    """What the projector sees: the chosen layer's hidden states, CLS first (strategy "full")."""
     out = model.model.vision_tower(pixels, output_hidden_states=True)
-    return out.hidden_states[VISION_FEATURE_LAYER][:, 1:]  # drop CLS, as strategy "default" does
+    return out.hidden_states[VISION_FEATURE_LAYER]
 
 
 def _pool_cells(patches: torch.Tensor, cfg: WorldConfig) -> torch.Tensor:
@@ -131,9 +148,10 @@ def _pool_cells(patches: torch.Tensor, cfg: WorldConfig) -> torch.Tensor:
 
 def pretrain_vision(model: LlavaForConditionalGeneration, pixels: torch.Tensor, scenes: Sequence[Scene],
                     cfg: WorldConfig, progress: Progress = None) -> dict:
-    names, colors = cell_targets(scenes, cfg)
+    names, colors, present = cell_targets(scenes, cfg)
     d = cfg.vision_hidden
-    heads = torch.nn.ModuleDict({"name": torch.nn.Linear(d, len(OBJECTS) + 1), "color": torch.nn.Linear(d, len(COLORS))})
+    heads = torch.nn.ModuleDict({"name": torch.nn.Linear(d, len(OBJECTS) + 1), "color": torch.nn.Linear(d, len(COLORS)),
+                                 "present": torch.nn.Linear(d, len(OBJECTS))})
     tower = model.model.vision_tower
     params = list(tower.parameters()) + list(heads.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.vision_pretrain_lr, weight_decay=0.0)
@@ -143,10 +161,12 @@ def pretrain_vision(model: LlavaForConditionalGeneration, pixels: torch.Tensor, 
     for step in range(cfg.vision_pretrain_steps):
         _set_lr(optimizer, cfg.vision_pretrain_lr, step, cfg.vision_pretrain_steps)
         batch = torch.randint(len(scenes), (cfg.batch_size * 2,), generator=generator)
-        cells = _pool_cells(_patch_features(model, pixels[batch]), cfg)
+        features = _image_features(model, pixels[batch])
+        cells = _pool_cells(features[:, 1:], cfg)
         name_logits, color_logits = heads["name"](cells), heads["color"](cells)
         loss = F.cross_entropy(name_logits.flatten(0, 1), names[batch].flatten())
         loss = loss + F.cross_entropy(color_logits.flatten(0, 1), colors[batch].flatten(), ignore_index=-100)
+        loss = loss + F.binary_cross_entropy_with_logits(heads["present"](features[:, 0]), present[batch])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -160,12 +180,12 @@ def pretrain_vision(model: LlavaForConditionalGeneration, pixels: torch.Tensor, 
 
 @torch.no_grad()
 def vision_features(model: LlavaForConditionalGeneration, pixels: torch.Tensor, chunk: int = 256) -> torch.Tensor:
-    return torch.cat([_patch_features(model, pixels[i:i + chunk]) for i in range(0, len(pixels), chunk)])
+    return torch.cat([_image_features(model, pixels[i:i + chunk]) for i in range(0, len(pixels), chunk)])
 
 
 # ---- stage 2: supervised fine-tuning of projector + decoder ------------------------------------
 
-def encode_example(processor: LlavaProcessor, example: Example, n_image_tokens: int) -> tuple[list[int], int]:
+def encode_example(processor: LlavaProcessor, example: Example, image_tokens: int) -> tuple[list[int], int]:
     """Token ids of prompt + answer + eos, and the prompt length (the loss starts after it).
 
     The prompt ids equal what ``processor(images=..., text=prompt)`` produces.
@@ -175,7 +195,7 @@ def encode_example(processor: LlavaProcessor, example: Example, n_image_tokens: 
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
     prompt_ids: list[int] = []
     for token in tokenizer(prompt).input_ids:
-        prompt_ids += [token] * (n_image_tokens if token == processor.image_token_id else 1)
+        prompt_ids += [token] * (image_tokens if token == processor.image_token_id else 1)
     answer_ids = tokenizer(example.answer, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
     return prompt_ids + answer_ids, len(prompt_ids)
 
@@ -197,8 +217,7 @@ def supervised_finetune(model: LlavaForConditionalGeneration, processor: LlavaPr
                         progress: Progress = None) -> dict:
     for p in model.model.vision_tower.parameters():
         p.requires_grad_(False)
-    n_image_tokens = features.shape[1]
-    encoded = [encode_example(processor, ex, n_image_tokens) for ex in corpus]
+    encoded = [encode_example(processor, ex, features.shape[1]) for ex in corpus]
     weights = [cfg.yesno_loss_weight if ex.kind == "yesno" else 1.0 for ex in corpus]
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.sft_lr, weight_decay=0.0)

@@ -7,8 +7,8 @@ Model access goes through two callables, so this module stays testable without m
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 from PIL import Image
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 EXAMPLES = """examples:
   csr run                                  # CSR on the miniature world (builds it first if missing)

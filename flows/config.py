@@ -130,7 +130,8 @@ def _coerce(name: str, value: Any, kind: Any) -> Any:
         return _coerce(name, value, kind)
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if kind in (int, float, str, bool) and not (isinstance(value, kind) and not (kind is int and isinstance(value, bool))):
+    is_bool_for_int = kind is int and isinstance(value, bool)
+    if kind in (int, float, str, bool) and (not isinstance(value, kind) or is_bool_for_int):
         raise ValueError(f"{name} must be of type {kind.__name__}, got {value!r}")
     return value
 

@@ -1,4 +1,7 @@
-"""The CSR pipeline as Prefect flows: world -> [sample -> generate -> relevance -> calibrate -> DPO -> evaluate] x rounds."""
+"""The CSR pipeline as Prefect flows.
+
+world -> evaluate base -> [sample -> generate -> relevance -> calibrate -> DPO -> evaluate] x rounds
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -8,10 +8,10 @@ from prefect import flow
 
 from flows.config import load_config
 from flows.pipeline import candidates, evaluate_policy, pairs, policy_for_round, policy_of, prepare
+from tasks.common import model_fingerprint
 from tasks.dpo import dpo_finetune
 from tasks.generate import generate_candidates
 from tasks.prompts import pool_fingerprint, sample_prompts
-from tasks.common import model_fingerprint
 
 
 @flow(name="csr-sample-prompts")

@@ -1,7 +1,7 @@
 """Reads and writes of stage artifacts. Each write replaces a slice in one transaction."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pandas as pd
 
@@ -84,7 +84,7 @@ def read_pairs(store: Store, pairs_key: str) -> pd.DataFrame:
 # -- models and training ---------------------------------------------------------------------
 def register_model(store: Store, model_key: str, path: str, round_: int,
                    parent_key: str | None = None, pairs_key: str | None = None) -> None:
-    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    now = datetime.now(UTC).replace(tzinfo=None)
     with store.transaction() as con:
         con.execute(
             "INSERT INTO models VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (model_key) DO UPDATE SET "

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pandas as pd
 
@@ -102,7 +102,7 @@ def stages_frame(store: Store) -> pd.DataFrame:
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def find_stages(store: Store, stage: str, *, status: str = "complete", **upstream: str) -> list[StageRecord]:

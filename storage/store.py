@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from importlib import resources
 from pathlib import Path
 
@@ -76,7 +76,8 @@ def insert_df(con: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFrame) -
     try:
         con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _csr_frame")
     finally:
-        con.unregister("_csr_frame")
+        with suppress(duckdb.Error):  # in an aborted transaction; the insert's own error is the one to see
+            con.unregister("_csr_frame")
     return len(frame)
 
 

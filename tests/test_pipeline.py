@@ -63,7 +63,8 @@ def test_every_stage_completes_and_writes_its_artifacts(finished_run):
 
 
 def test_lineage_links_the_round_model_to_its_parent_and_pairs(finished_run):
-    (row,) = query_rows(finished_run["db"], "SELECT round, parent_key, pairs_key, n_pairs FROM lineage_v WHERE round = 1")
+    sql = "SELECT round, parent_key, pairs_key, n_pairs FROM lineage_v WHERE round = 1"
+    (row,) = query_rows(finished_run["db"], sql)
     assert row[1].startswith("model-") and row[2].startswith("calibrate_select-") and row[3] >= 1
 
 

@@ -3,6 +3,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import duckdb
 import pandas as pd
 import pytest
 
@@ -46,7 +47,7 @@ def test_item_writes_replace_their_slice_and_record_progress(tmp_path):
 def test_a_failed_write_leaves_nothing_behind(tmp_path):
     store = Store(tmp_path / "a.duckdb")
     bad = _nodes(["p1"]).assign(depth="not a number")
-    with pytest.raises(Exception):
+    with pytest.raises(duckdb.ConversionException):
         write_items(store, "tree_nodes", "k1", bad, ["p1"])
     assert store.scalar("SELECT count(*) FROM tree_nodes") == 0
     assert store.scalar("SELECT count(*) FROM stage_items") == 0

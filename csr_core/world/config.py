@@ -18,7 +18,7 @@ class WorldConfig:
     n_pool_scenes: int = 500
     n_eval_scenes: int = 300
     # Corpus noise: the language prior the base model inherits.
-    caption_noise: float = 0.7  # chance a caption ends with a sentence naming an absent same-theme object
+    caption_noise: float = 0.75  # chance a caption ends with a sentence naming an absent same-theme object
     yesno_noise: float = 0.1  # chance a same-theme absent object is answered "Yes."
     yesno_per_scene: int = 2  # yes/no questions per train scene (balanced yes/no)
     describe_per_scene: int = 1
@@ -65,7 +65,8 @@ class WorldConfig:
             _require(self, name, 0.0 <= getattr(self, name) <= 1.0, "must be in [0, 1]")
         for name in ("vision_pretrain_lr", "sft_lr", "clip_lr", "yesno_loss_weight"):
             _require(self, name, getattr(self, name) > 0, "must be > 0")
-        _require(self, "max_objects", self.max_objects >= self.min_objects, f"must be >= min_objects={self.min_objects}")
+        _require(self, "max_objects", self.max_objects >= self.min_objects,
+                 f"must be >= min_objects={self.min_objects}")
         _require(self, "max_objects", self.max_objects <= self.grid**2, f"must be <= grid**2={self.grid**2}")
         _require(self, "image_size", self.image_size % (self.grid * self.patch_size) == 0,
                  f"must be a multiple of grid*patch_size={self.grid * self.patch_size}")

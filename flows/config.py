@@ -130,10 +130,19 @@ def _coerce(name: str, value: Any, kind: Any) -> Any:
         return _coerce(name, value, kind)
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if kind in (int, float) and isinstance(value, str):
+        value = _number(value, kind, name)  # YAML 1.1 reads "3e-4" as a string
     is_bool_for_int = kind is int and isinstance(value, bool)
     if kind in (int, float, str, bool) and (not isinstance(value, kind) or is_bool_for_int):
         raise ValueError(f"{name} must be of type {kind.__name__}, got {value!r}")
     return value
+
+
+def _number(text: str, kind: type, name: str):
+    try:
+        return kind(text)
+    except ValueError:
+        raise ValueError(f"{name} must be of type {kind.__name__}, got {text!r}") from None
 
 
 def _apply_override(raw: dict[str, Any], item: str) -> None:

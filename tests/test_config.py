@@ -17,8 +17,9 @@ def test_overrides_are_typed_and_applied_last():
     assert cfg.eval.pope_splits == ("random",)
 
 
-def test_int_is_accepted_for_a_float_field():
+def test_int_and_exponent_strings_are_accepted_for_a_float_field():
     assert load_config(overrides=["reward.lam=1"]).reward.lam == 1.0
+    assert load_config(overrides=["dpo.learning_rate=3e-4"]).dpo.learning_rate == 3e-4
 
 
 @pytest.mark.parametrize("override, message", [

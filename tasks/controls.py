@@ -6,7 +6,6 @@ under the upstream stage's settings, for comparison.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -21,7 +20,7 @@ from storage.reports import read_path_rewards
 from storage.store import open_store
 from tasks.calibrate import _pair_row
 from tasks.common import TASK_OPTIONS, StageSpec, file_sha256, logger, run_whole_stage
-from tasks.evaluate import load_vocab
+from tasks.evaluate import load_vocab, pool_truth
 
 CONTROL_LAM = -1.0  # `lam` of control pairs: no λ mix chose them
 
@@ -36,14 +35,6 @@ def control_spec(control: str, seed: int, paths_key: str, pool_file: str = "", v
     else:
         config.update(pool=file_sha256(pool_file)[:16], vocab=file_sha256(vocab_path)[:16])
     return StageSpec("control_pairs", config, {"paths": paths_key})
-
-
-def pool_truth(pool_file: str) -> dict[str, list[str]]:
-    """Ground-truth objects per prompt id of a pool that has them (the world's pool.json does); else {}."""
-    if not Path(pool_file).is_file():
-        return {}
-    rows = json.loads(Path(pool_file).read_text())
-    return {str(r["id"]): r["objects"] for r in rows if isinstance(r, dict) and "objects" in r}
 
 
 def has_ground_truth(pool_file: str, vocab_path: str) -> bool:

@@ -22,6 +22,14 @@ def load_vocab(path: str) -> ObjectVocab:
     return ObjectVocab({name: tuple(forms) for name, forms in data.items()})
 
 
+def pool_truth(pool_file: str) -> dict[str, list[str]]:
+    """Ground-truth objects per prompt id of a pool that has them (the world's pool.json does); else {}."""
+    if not Path(pool_file).is_file():
+        return {}
+    rows = json.loads(Path(pool_file).read_text())
+    return {str(r["id"]): r["objects"] for r in rows if isinstance(r, dict) and "objects" in r}
+
+
 def load_eval_items(source: str, image_dir: str, n_items: int) -> list[EvalItem]:
     rows = json.loads(Path(source).read_text())[:n_items]
     items = []
@@ -70,7 +78,7 @@ def pair_accuracy(db: str, pairs_key: str, pool_file: str, vocab_path: str) -> s
     """
     if not Path(pool_file).is_file() or not Path(vocab_path).is_file():
         return None
-    truth = {str(r["id"]): r["objects"] for r in json.loads(Path(pool_file).read_text()) if "objects" in r}
+    truth = pool_truth(pool_file)
     if not truth:
         return None
     store = open_store(db)

@@ -35,9 +35,9 @@ def score_relevance(db: str, cfg: RelevanceConfig, runtime: RuntimeConfig, score
         images, failed = load_images(prompts, chunk)
         nodes = read_tree(store, tree_key, [pid for pid in chunk if pid in images])
         nodes = nodes[nodes["node_id"] != 0]  # the root has no sentence
-        order = list(images)
-        cosines = loaded["clip"].cosine([images[pid] for pid in order], nodes["text"].tolist(),
-                                        [order.index(pid) for pid in nodes["prompt_id"]], batch_size=cfg.batch_size)
+        index_of = {pid: i for i, pid in enumerate(images)}
+        cosines = loaded["clip"].cosine(list(images.values()), nodes["text"].tolist(),
+                                        [index_of[pid] for pid in nodes["prompt_id"]], batch_size=cfg.batch_size)
         rows = pd.DataFrame({"tree_key": tree_key, "prompt_id": nodes["prompt_id"].to_numpy(),
                              "node_id": nodes["node_id"].to_numpy(), "scorer": scorer_key, "cosine": cosines},
                             columns=COLUMNS)

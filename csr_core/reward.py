@@ -10,7 +10,10 @@ Two documented modes, over complete paths only (root -> final leaf, no filtered 
 - `value` (the paper's text). Per sentence R = lam * R_I + (1 - lam) * R_T with R_I = max(100 * cos, 0) and
   R_T the sentence's probability (`self_reward`: "token_prob" = exp(logprob_sum / token_count), the
   geometric-mean token probability, so long sentences are not crushed; "prob" = exp(logprob_sum)); a path's
-  reward is the sum over its sentences. Higher is better.
+  reward is the sum over its sentences (`aggregate="sum"`, the paper's text) or their mean (`aggregate="mean"`).
+  Higher is better. A sum grows with every sentence whose reward is positive, so it prefers the response that
+  goes on to name one more (possibly absent) object; the mean prefers stopping when the extra sentence scores
+  below the response's average, which is what an appended hallucination does.
 
 Degenerate sentences are filtered (see `filter_reason`); a filtered sentence drops its whole subtree.
 Ties break in the order the search produced the nodes (node_id order).
@@ -27,6 +30,7 @@ from itertools import pairwise
 
 MODES = ("rank", "value")
 SELF_REWARDS = ("token_prob", "prob")
+AGGREGATES = ("sum", "mean")
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,7 @@ class RewardConfig:
     lam: float = 0.9  # weight of image relevance
     mode: str = "rank"  # "rank" | "value"
     self_reward: str = "token_prob"  # value mode: "token_prob" | "prob"
+    aggregate: str = "sum"  # value mode: a path's reward is the "sum" or the "mean" of its sentences' rewards
     min_chars: int = 4  # sentences shorter than this (stripped) are degenerate
     max_word_repeat: int = 3  # a word repeated this many times in a row is degenerate
     min_alpha_ratio: float = 0.5  # fewer letters than this among non-space characters: a non-text run
@@ -45,6 +50,8 @@ class RewardConfig:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.self_reward not in SELF_REWARDS:
             raise ValueError(f"self_reward must be one of {SELF_REWARDS}, got {self.self_reward!r}")
+        if self.aggregate not in AGGREGATES:
+            raise ValueError(f"aggregate must be one of {AGGREGATES}, got {self.aggregate!r}")
         if self.min_chars < 0:
             raise ValueError(f"min_chars must be >= 0, got {self.min_chars}")
         if self.max_word_repeat < 2:
@@ -184,8 +191,9 @@ def _path_reward(chain: list[ScoredNode], ranks, cfg: RewardConfig) -> PathRewar
         relevance_term = sum(cfg.lam * ranks[n.node_id][1] for n in sentences) / denominator
     else:
         parts = [sentence_value(n, cfg) for n in sentences]
-        self_term = sum(p[0] for p in parts)
-        relevance_term = sum(p[1] for p in parts)
+        denominator = max(len(parts), 1) if cfg.aggregate == "mean" else 1
+        self_term = sum(p[0] for p in parts) / denominator
+        relevance_term = sum(p[1] for p in parts) / denominator
     return PathReward(
         node_ids=tuple(n.node_id for n in chain),
         reward=self_term + relevance_term,

@@ -57,7 +57,8 @@ def test_one_step_logs_metrics_and_saves_adapter(tiny_llava, pairs, tmp_path):
 
     rerun_logs = []
     again = train_dpo(tiny_llava, pairs, FAST.with_overrides(max_steps=1), tmp_path, on_log=rerun_logs.append)
-    assert again == result and rerun_logs == []  # a finished round is not trained again
+    assert again == result  # a finished round is not trained again...
+    assert rerun_logs == logs  # ...but its step log is replayed, so a second database gets the metrics too
     assert json.loads((tmp_path / "result.json").read_text())["steps"] == 1
 
     fresh_logs = []
@@ -95,7 +96,9 @@ def test_interrupted_training_resumes_from_last_checkpoint(tiny_llava, pairs, tm
     logs = []
     resumed = train_dpo(tiny_llava, pairs, cfg, tmp_path / "resumed", on_log=logs.append)
     assert resumed.resumed_from_step == 2
-    assert [record["step"] for record in logs] == [3, 4]
+    assert [record["step"] for record in logs] == [1, 2, 3, 4]  # 1-2 replayed from steps.jsonl, 3-4 trained
+    step_file = (tmp_path / "resumed" / "steps.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in step_file] == [1, 2, 3, 4]
     assert resumed.steps == straight.steps == 4
     straight_weights = load_file(f"{straight.adapter_dir}/adapter_model.safetensors")
     resumed_weights = load_file(f"{resumed.adapter_dir}/adapter_model.safetensors")

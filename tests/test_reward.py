@@ -80,6 +80,28 @@ def test_value_mode_hand_computed():
     assert prob[0].self_term == pytest.approx(0.1 * math.exp(-2.0))
 
 
+def test_value_mode_mean_aggregate_hand_computed():
+    cfg = RewardConfig(lam=0.9, mode="value", aggregate="mean")
+    paths = {p.node_ids: p for p in score_paths(NODES, cfg)}
+    v1 = 0.9 * 30 + 0.1 * math.exp(-2.0 / 4)
+    v2 = 0.9 * 20 + 0.1 * math.exp(-3.0 / 3)
+    v4 = 0.9 * 10 + 0.1 * math.exp(-1.0 / 4)
+    v5 = 0.9 * 40 + 0.1 * math.exp(-2.0 / 4)
+    assert paths[(0, 1)].reward == pytest.approx(v1)
+    assert paths[(0, 2, 4)].reward == pytest.approx((v2 + v4) / 2)
+    assert paths[(0, 2, 5)].reward == pytest.approx((v2 + v5) / 2)
+    assert paths[(0, 2, 5)].relevance_term == pytest.approx(0.9 * 30)
+    pair = select_pair(list(paths.values()), cfg)
+    # the sum prefers the longer (0, 2, 5); the mean prefers (0, 1), whose one sentence beats their average
+    assert pair.chosen.node_ids == (0, 1)
+    assert pair.rejected.node_ids == (0, 2, 4)
+
+
+def test_unknown_aggregate_is_rejected():
+    with pytest.raises(ValueError, match="aggregate"):
+        RewardConfig(aggregate="max")
+
+
 def test_filtered_sentence_drops_subtree_and_leaves_sibling_ranks():
     nodes = [
         _node(0, None, "", 0.0, 0.0, False),

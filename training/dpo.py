@@ -4,6 +4,7 @@ Layout of `out_dir`:
     checkpoints/checkpoint-N/   Trainer checkpoints (adapter in safetensors; optimizer/scheduler/RNG states are
                                 torch-serialised by transformers, which exact resumption needs)
     adapter/                    the final LoRA adapter (adapter_config.json + adapter_model.safetensors)
+    steps.jsonl                 one JSON record per optimizer step, as handed to `on_log`
     result.json                 written last: the round is done, a rerun returns it without training
 """
 
@@ -45,10 +46,12 @@ class TrainResult:
 
 
 class _StepLogger(TrainerCallback):
-    """Hands every per-step log (with step and epoch) to `on_log`; keeps the summary log for the result."""
+    """Hands every per-step log (with step and epoch) to `on_log` and appends it to steps.jsonl; keeps the
+    summary log for the result."""
 
-    def __init__(self, sink: Callable[[dict], None] | None):
+    def __init__(self, sink: Callable[[dict], None] | None, step_file: Path):
         self.sink = sink
+        self.step_file = step_file
         self.summary: dict = {}
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -60,8 +63,10 @@ class _StepLogger(TrainerCallback):
             return
         record = {k: float(v) for k, v in logs.items() if k in STEP_METRICS}
         record.update(step=int(state.global_step), epoch=float(state.epoch or 0.0))
+        with self.step_file.open("a") as f:
+            f.write(json.dumps(record) + "\n")
         if self.sink is not None:
-            self.sink(record)
+            self.sink(dict(record))
 
 
 def train_dpo(
@@ -80,11 +85,15 @@ def train_dpo(
     With `resume`, a finished round (result.json) is returned as is and an interrupted one continues from its
     last checkpoint; without it, a previous run in `out_dir` is deleted and training starts from scratch.
     `on_log` gets one dict per optimizer step: loss, rewards/{chosen,rejected,margins,accuracies},
-    logps/{chosen,rejected}, learning_rate, grad_norm, step, epoch.
+    logps/{chosen,rejected}, learning_rate, grad_norm, step, epoch. Steps already trained (a finished round,
+    or the steps up to the checkpoint a resumed one continues from) are replayed to it from steps.jsonl, so
+    every caller sees the whole history, whichever process trained it.
     """
     out_dir = Path(out_dir)
     result_file = out_dir / "result.json"
+    step_file = out_dir / "steps.jsonl"
     if resume and result_file.exists():
+        _replay_steps(step_file, on_log)
         return TrainResult(**json.loads(result_file.read_text()))
 
     from transformers.trainer_utils import get_last_checkpoint
@@ -94,8 +103,10 @@ def train_dpo(
     if not resume:
         _clear_previous_run(out_dir)
     last_checkpoint = get_last_checkpoint(str(checkpoint_dir)) if checkpoint_dir.is_dir() else None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _replay_steps(step_file, on_log, up_to=_checkpoint_step(last_checkpoint))
     model, processor = load_model_and_processor(model_dir, cfg, trust_remote_code)
-    logger = _StepLogger(on_log)
+    logger = _StepLogger(on_log, step_file)
     trainer = DPOTrainer(
         model=model,
         ref_model=None,
@@ -190,8 +201,21 @@ def _on_cuda(cfg: DPOConfig) -> bool:
     return cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
 
 
+def _replay_steps(step_file: Path, on_log: Callable[[dict], None] | None, up_to: int | None = None) -> None:
+    """Hand the logged steps (those <= `up_to`, if given) to `on_log`; with `up_to`, forget later ones, which
+    a resumed training logs again."""
+    lines = step_file.read_text().splitlines() if step_file.exists() else []
+    records = [json.loads(line) for line in lines if line.strip()]
+    if up_to is not None:
+        records = [r for r in records if r["step"] <= up_to]
+        step_file.write_text("".join(json.dumps(r) + "\n" for r in records))
+    for record in records:
+        if on_log is not None:
+            on_log(dict(record))
+
+
 def _clear_previous_run(out_dir: Path) -> None:
-    for name in ("result.json", "checkpoints", "adapter"):
+    for name in ("result.json", "steps.jsonl", "checkpoints", "adapter"):
         path = out_dir / name
         if path.is_dir():
             shutil.rmtree(path)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 
@@ -17,6 +18,11 @@ EXAMPLES = """examples:
   csr sql "SELECT round, count(*) FROM preference_pairs_v GROUP BY round"
   csr status
 """
+
+
+# Without an API URL, Prefect starts a temporary local server and gives it 20 s by default; a busy 2-core
+# machine (training in another process) can need more. An explicit setting wins.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 
 def main(argv: list[str] | None = None) -> int:

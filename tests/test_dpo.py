@@ -171,3 +171,31 @@ def test_export_loads_with_datasets_and_trains_one_dpo_step(tiny_llava, pairs, t
     assert trainer.state.global_step == 1
     (step_log,) = [log for log in trainer.state.log_history if "loss" in log]
     assert step_log["loss"] == pytest.approx(0.6931, abs=1e-3)
+
+
+class _FirstBatch(TrainerCallback):
+    def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        self.batch = next(iter(train_dataloader))
+
+
+def test_dpo_sees_where_each_response_stops(tiny_llava, pairs, tmp_path):
+    """The last completion token of every chosen and rejected sequence is EOS: DPO learns when to stop."""
+    grab = _FirstBatch()
+    train_dpo(tiny_llava, pairs, FAST.with_overrides(max_steps=1), tmp_path, callbacks=[grab])
+    from transformers import AutoProcessor
+
+    eos = AutoProcessor.from_pretrained(tiny_llava).tokenizer.eos_token_id
+    ids, completion = grab.batch["input_ids"], grab.batch["completion_mask"].bool()
+    assert len(ids) == 2 * FAST.batch_size  # chosen rows, then rejected rows
+    for row, mask in zip(ids, completion):
+        last = mask.nonzero().max()
+        assert row[last] == eos and (row[mask] == eos).sum() == 1
+
+
+def test_trl_rows_close_responses_with_eos_once():
+    from training.pairs import trl_row
+
+    pair = PreferencePair(Image.new("RGB", (4, 4)), "<image>\nDescribe.", chosen="a cat.", rejected="a dog.</s>")
+    row = trl_row(pair, eos_token="</s>")
+    assert row["chosen"][0]["content"] == "a cat.</s>" and row["rejected"][0]["content"] == "a dog.</s>"
+    assert trl_row(pair)["chosen"][0]["content"] == "a cat."

@@ -111,7 +111,7 @@ def train_dpo(
         model=model,
         ref_model=None,
         args=trl_args(cfg, checkpoint_dir),
-        train_dataset=trl_dataset(pairs),
+        train_dataset=trl_dataset(pairs, eos_token=processor.tokenizer.eos_token),
         processing_class=processor,
         peft_config=lora_config(cfg),
         callbacks=[logger, *callbacks],

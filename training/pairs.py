@@ -25,22 +25,31 @@ def instruction_text(prompt: str) -> str:
     return prompt.replace(IMAGE_PLACEHOLDER, "").strip()
 
 
-def trl_row(pair: PreferencePair) -> dict:
-    """TRL's conversational vision preference format: string contents; TRL puts the image before the text."""
+def trl_row(pair: PreferencePair, eos_token: str = "") -> dict:
+    """TRL's conversational vision preference format: string contents; TRL puts the image before the text.
+
+    `eos_token` closes both responses. TRL adds no EOS to conversational rows and llava-1.5's chat template
+    ends an assistant turn with a space, not `</s>`; without it DPO never sees where the chosen response
+    stops and the rejected one goes on, which is exactly where an appended hallucination starts.
+    """
     return {
         "images": [pair.image.convert("RGB")],
         "prompt": [{"role": "user", "content": instruction_text(pair.prompt)}],
-        "chosen": [{"role": "assistant", "content": pair.chosen}],
-        "rejected": [{"role": "assistant", "content": pair.rejected}],
+        "chosen": [{"role": "assistant", "content": _closed(pair.chosen, eos_token)}],
+        "rejected": [{"role": "assistant", "content": _closed(pair.rejected, eos_token)}],
     }
 
 
-def trl_dataset(pairs: Sequence[PreferencePair]):
+def _closed(response: str, eos_token: str) -> str:
+    return response if not eos_token or response.endswith(eos_token) else response + eos_token
+
+
+def trl_dataset(pairs: Sequence[PreferencePair], eos_token: str = ""):
     """A `datasets.Dataset` of TRL rows, with images typed as the `Image` feature."""
     from datasets import Dataset, List
     from datasets import Image as ImageFeature
 
     if not pairs:
         raise ValueError("pairs: need at least one preference pair")
-    dataset = Dataset.from_list([trl_row(p) for p in pairs])
+    dataset = Dataset.from_list([trl_row(p, eos_token) for p in pairs])
     return dataset.cast_column("images", List(ImageFeature()))

@@ -187,8 +187,9 @@ def mean(values: Sequence[float]) -> float:
 class PreferenceAccuracy:
     """How often the selected `chosen` response hallucinates less than its `rejected` one.
 
-    accuracy = n_better / n_pairs, over pairs whose texts differ (identical pairs carry no preference).
-    Ties (both name the same number of absent objects) count against accuracy; n_tied reports them.
+    accuracy = n_better / (n_better + n_worse): among the pairs whose responses name different numbers of
+    absent objects, the share where the chosen one names fewer. Ties (the same number) carry no verdict on
+    the reward; n_tied reports them, and n_pairs counts every pair whose texts differ.
     """
 
     accuracy: float
@@ -214,8 +215,7 @@ def preference_accuracy(
         better += diff > 0
         tied += diff == 0
         worse += diff < 0
-    n_pairs = better + tied + worse
-    return PreferenceAccuracy(_ratio(better, n_pairs), n_pairs, better, tied, worse)
+    return PreferenceAccuracy(_ratio(better, better + worse), better + tied + worse, better, tied, worse)
 
 
 # ---------------------------------------------------------------- POPE

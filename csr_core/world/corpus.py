@@ -1,9 +1,12 @@
 """The instruction corpus the base VLM is fine-tuned on, with controlled, realistic noise.
 
 Descriptions name one object per sentence, in reading order. With probability
-``caption_noise`` a caption ends with one extra sentence naming an *absent* object
-from the scene's theme, the way human captions mention what usually goes with what
-they see. Yes/no questions are balanced; their negatives are half same-theme
+``caption_noise`` a caption ends with one extra sentence naming an *absent* object:
+the scene theme's most typical object not in the image, in that object's typical
+colour, the way human captions mention what usually goes with what they see. The
+prior is sharp, as in real captions, so a model trained on them names the absent
+object as confidently as the ones it sees: its own likelihood cannot tell them apart,
+while the image can. Yes/no questions are balanced; their negatives are half same-theme
 (adversarial) and half random, and a same-theme negative is answered "Yes." with
 probability ``yesno_noise``.
 """
@@ -17,12 +20,12 @@ from dataclasses import dataclass
 from .config import WorldConfig
 from .scenes import Scene, scene_rng
 from .vocab import (
-    COLORS,
     INSTRUCTIONS,
     NO_ANSWER,
     OBJECTS,
     SENTENCE_TEMPLATES,
     THEMES,
+    TYPICAL_COLORS,
     YES_ANSWER,
     YESNO_TEMPLATE,
     article,
@@ -65,8 +68,8 @@ def clean_caption(scene: Scene, rng: random.Random) -> str:
 def noisy_caption(scene: Scene, rng: random.Random, noise: float) -> str:
     caption = clean_caption(scene, rng)
     if rng.random() < noise:
-        absent = cooccurring_absent(scene) or absent_objects(scene)
-        caption += " " + object_sentence(rng.choice(absent), rng.choice(sorted(COLORS)), rng)
+        name = (cooccurring_absent(scene) or absent_objects(scene))[0]
+        caption += " " + object_sentence(name, TYPICAL_COLORS[name], rng)
     return caption
 
 
@@ -75,7 +78,7 @@ def absent_objects(scene: Scene) -> list[str]:
 
 
 def cooccurring_absent(scene: Scene) -> list[str]:
-    """Absent objects of the scene's theme: what the language prior suggests."""
+    """Absent objects of the scene's theme, most typical first: what the language prior suggests."""
     return [name for name in THEMES[scene.theme] if name not in scene.object_names]
 
 

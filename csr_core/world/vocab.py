@@ -27,6 +27,14 @@ COLORS: dict[str, tuple[int, int, int]] = {
     "orange": (245, 140, 30),
 }
 
+# The colour a caption gives an object it names without seeing it: the language prior's typical attribute.
+TYPICAL_COLORS: dict[str, str] = {
+    "mug": "red", "plate": "blue", "bottle": "green", "fork": "yellow",
+    "flower": "purple", "tree": "green", "leaf": "orange", "mushroom": "red",
+    "book": "blue", "lamp": "yellow", "clock": "purple", "pencil": "orange",
+    "ball": "red", "umbrella": "purple", "boat": "blue", "star": "yellow",
+}
+
 # Canonical name -> surface forms CHAIR matches (singular, plural, synonyms).
 SYNONYMS: dict[str, tuple[str, ...]] = {
     "mug": ("mug", "mugs", "cup", "cups"),

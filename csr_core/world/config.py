@@ -15,7 +15,7 @@ class WorldConfig:
     max_objects: int = 4
     theme_purity: float = 0.9  # chance that each object comes from the scene's theme
     n_train_scenes: int = 6000
-    n_pool_scenes: int = 500
+    n_pool_scenes: int = 1000
     n_eval_scenes: int = 300
     # Corpus noise: the language prior the base model inherits.
     caption_noise: float = 0.75  # chance a caption ends with a sentence naming an absent same-theme object
@@ -47,7 +47,7 @@ class WorldConfig:
     clip_steps: int = 600
     clip_lr: float = 2e-3
     clip_batch_size: int = 64
-    num_threads: int = 2
+    num_threads: int = 1  # the models are too small to gain from a second thread; 1 keeps a busy machine fast
 
     def __post_init__(self) -> None:
         positive = [

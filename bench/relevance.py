@@ -24,7 +24,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from csr_core.adapters.relevance import OpenClipRelevance
 
-WORDS = ["a", "man", "woman", "dog", "cat", "sits", "stands", "on", "the", "red", "blue", "table", "near", "car", "street", "tree", "holding", "ball"]
+WORDS = ["a", "man", "woman", "dog", "cat", "sits", "stands", "on", "the", "red", "blue", "table", "near", "car",
+         "street", "tree", "holding", "ball"]
 
 
 def make_pairs(num_images: int, per_image: int, seed: int):

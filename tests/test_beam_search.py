@@ -85,7 +85,10 @@ def test_hamming_penalty_hand_computed():
 def test_large_diversity_gives_distinct_first_tokens_across_groups():
     torch.manual_seed(0)
     first = torch.randn(1, 50)
-    step = lambda rows, toks: torch.randn(len(toks), 50)
+
+    def step(rows, toks):
+        return torch.randn(len(toks), 50)
+
     torch.manual_seed(1)
     diverse = diverse_beam_search(first, step, BeamParams(5, 5, 100.0), stop_ids=[], eos_ids=[],
                                   max_new_tokens=[3])[0]

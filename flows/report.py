@@ -126,18 +126,25 @@ def sweep_summary(deltas: pd.DataFrame, data: ReportData) -> list[dict]:
 
 def paired_differences(deltas: pd.DataFrame, split: str = "sampled", metric: str = "chair_i",
                        references: tuple[str, ...] = ("λ=0", "random")) -> list[dict]:
-    """Arm minus reference arm on one metric, paired by seed (same parent, same candidates), mean and 95% CI."""
+    """Arm minus reference arm on one metric, paired by seed (same parent, same candidates), mean and 95% CI.
+
+    A reference "λ=0" also matches the self-reward-only arm of another reward mode ("λ=0 (value)").
+    """
     cells = deltas[(deltas["split"] == split) & (deltas["metric"] == metric)] if not deltas.empty else deltas
     rows = []
     for round_, frame in (cells.groupby("round") if not cells.empty else ()):
         by_arm = {arm: group.groupby("seed")["value"].mean() for arm, group in frame.groupby("arm")}
-        for reference in (r for r in references if r in by_arm):
+        for reference in (arm for r in references for arm in sorted(by_arm) if _same_arm(arm, r)):
             for arm in sorted((a for a in by_arm if a != reference), key=arm_sort_key):
                 seeds = by_arm[arm].index.intersection(by_arm[reference].index)
                 differences = (by_arm[arm][seeds] - by_arm[reference][seeds]).tolist()
                 rows.append({"round": int(round_), "arm": arm, "reference": reference,
                              "difference": mean_ci(differences)})
     return rows
+
+
+def _same_arm(arm: str, reference: str) -> bool:
+    return arm == reference or arm.startswith(reference + " (")
 
 
 def paired_markdown(rows: list[dict], label: str = "CHAIR_I sampled, pts") -> str:

@@ -15,6 +15,7 @@ from tasks.controls import has_ground_truth
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = str(ROOT / "configs" / "tiny.yaml")
+L0, L09 = "λ=0 (value)", "λ=0.9 (value)"  # the world's default reward: value mode
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,7 @@ def test_every_arm_trains_and_evaluates_once(swept):
     assert counts["control_pairs"] == 2 and counts["dpo_finetune"] == 4
     assert counts["evaluate"] == 5  # the base model, then each arm's model
     arms = swept["result"]["arms"]
-    assert [a["arm"] for a in arms] == ["λ=0", "λ=0.9", "random", "oracle"]
+    assert [a["arm"] for a in arms] == [L0, L09, "random", "oracle"]
     assert len({a["model"] for a in arms}) == 4 and len({a["parent_eval"] for a in arms}) == 1
 
 
@@ -70,14 +71,14 @@ def test_control_pairs_are_marked_and_drawn_from_the_scored_paths(swept):
 
 def test_the_table_has_one_row_per_arm_and_seed(swept):
     result = swept["result"]
-    assert [r["arm"] for r in result["summary"]] == ["λ=0", "λ=0.9", "random", "oracle"]
+    assert [r["arm"] for r in result["summary"]] == [L0, L09, "random", "oracle"]
     assert all(r["seeds"] == [0] and r["CHAIR_I sampled, pts"]["n"] == 1 for r in result["summary"])
     assert len(result["per_seed"]) == 4
     assert all("sampled/chair_i" in r["delta"] and "greedy/recall" in r["delta"] for r in result["per_seed"])
     summary_table, paired_table = result["markdown"].split("\n\n")
     assert len(summary_table.splitlines()) == 2 + 4
     assert [(r["arm"], r["reference"]) for r in result["paired"]] == [
-        ("λ=0.9", "λ=0"), ("random", "λ=0"), ("oracle", "λ=0"), ("λ=0", "random"), ("λ=0.9", "random"),
+        (L09, L0), ("random", L0), ("oracle", L0), (L0, "random"), (L09, "random"),
         ("oracle", "random")]
     assert len(paired_table.splitlines()) == 2 + 6
 

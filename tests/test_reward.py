@@ -62,13 +62,19 @@ def test_rank_mode_hand_computed():
     assert pair.rejected.node_ids == (0, 2, 4)  # highest
 
 
+# Per-sentence value at λ = 0.9 of nodes 1, 2, 4, 5: 0.9 * 100 * cos + 0.1 * exp(logprob_sum / tokens).
+SENTENCE_VALUES = (
+    0.9 * 30 + 0.1 * math.exp(-2.0 / 4),
+    0.9 * 20 + 0.1 * math.exp(-3.0 / 3),
+    0.9 * 10 + 0.1 * math.exp(-1.0 / 4),
+    0.9 * 40 + 0.1 * math.exp(-2.0 / 4),
+)
+
+
 def test_value_mode_hand_computed():
     cfg = RewardConfig(lam=0.9, mode="value")
     paths = {p.node_ids: p for p in score_paths(NODES, cfg)}
-    v1 = 0.9 * 30 + 0.1 * math.exp(-2.0 / 4)
-    v2 = 0.9 * 20 + 0.1 * math.exp(-3.0 / 3)
-    v4 = 0.9 * 10 + 0.1 * math.exp(-1.0 / 4)
-    v5 = 0.9 * 40 + 0.1 * math.exp(-2.0 / 4)
+    v1, v2, v4, v5 = SENTENCE_VALUES
     assert paths[(0, 1)].reward == pytest.approx(v1)
     assert paths[(0, 2, 4)].reward == pytest.approx(v2 + v4)
     assert paths[(0, 2, 5)].reward == pytest.approx(v2 + v5)
@@ -83,10 +89,7 @@ def test_value_mode_hand_computed():
 def test_value_mode_mean_aggregate_hand_computed():
     cfg = RewardConfig(lam=0.9, mode="value", aggregate="mean")
     paths = {p.node_ids: p for p in score_paths(NODES, cfg)}
-    v1 = 0.9 * 30 + 0.1 * math.exp(-2.0 / 4)
-    v2 = 0.9 * 20 + 0.1 * math.exp(-3.0 / 3)
-    v4 = 0.9 * 10 + 0.1 * math.exp(-1.0 / 4)
-    v5 = 0.9 * 40 + 0.1 * math.exp(-2.0 / 4)
+    v1, v2, v4, v5 = SENTENCE_VALUES
     assert paths[(0, 1)].reward == pytest.approx(v1)
     assert paths[(0, 2, 4)].reward == pytest.approx((v2 + v4) / 2)
     assert paths[(0, 2, 5)].reward == pytest.approx((v2 + v5) / 2)

@@ -54,7 +54,7 @@ def mean_ci(values: Sequence[float]) -> Interval:
 
 
 def arm_label(lam: float | None, mode: str | None) -> str:
-    """What selected a model's training pairs: "base", "random", "oracle", "λ=0.9" (", value" for value mode)."""
+    """What selected a model's training pairs: "base", "random", "oracle", "λ=0.9" ("λ=0.9 (value)" in value mode)."""
     if mode is None or (isinstance(mode, float) and math.isnan(mode)):
         return "base"
     if mode in ("random", "oracle"):

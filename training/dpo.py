@@ -209,8 +209,8 @@ def _replay_steps(step_file: Path, on_log: Callable[[dict], None] | None, up_to:
     if up_to is not None:
         records = [r for r in records if r["step"] <= up_to]
         step_file.write_text("".join(json.dumps(r) + "\n" for r in records))
-    for record in records:
-        if on_log is not None:
+    if on_log is not None:
+        for record in records:
             on_log(dict(record))
 
 

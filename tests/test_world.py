@@ -38,7 +38,8 @@ def test_vocabulary_has_twelve_plus_classes_in_themes_with_synonyms():
 
 
 @pytest.mark.parametrize("field,value", [("max_objects", 5), ("caption_noise", 1.5), ("image_size", 60),
-                                         ("sft_steps", -1), ("batch_size", 0)])
+                                         ("sft_steps", -1), ("batch_size", 0),
+                                         ("answer_probe_weight", -0.5)])
 def test_config_rejects_bad_values_naming_field_and_value(field, value):
     with pytest.raises(ValueError, match=rf"WorldConfig\.{field}={re.escape(repr(value))}"):
         WorldConfig(**{field: value})
@@ -141,6 +142,7 @@ def test_corpus_answers_match_ground_truth_without_noise():
                 assert len(VOCAB.mentions(sentence)) == 1
         else:
             (asked,) = VOCAB.mentions(example.instruction)
+            assert example.subject == asked  # what the answer probe learns to read from the question
             assert example.answer == ("Yes." if asked in truth else "No.")
     yes = sum(e.answer == "Yes." for e in corpus if e.kind == "yesno")
     assert yes == sum(e.kind == "yesno" for e in corpus) / 2
@@ -152,6 +154,16 @@ def test_caption_noise_rate_is_respected():
     describe = [e for e in build_corpus(list(scenes.values()), cfg) if e.kind == "describe"]
     noisy = [e for e in describe if len(VOCAB.mentions(e.answer)) > len(scenes[e.scene_id].objects)]
     assert 0.5 < len(noisy) / len(describe) < 0.7
+
+
+def test_yesno_noise_says_yes_only_to_the_typical_absent_object():
+    cfg = WorldConfig(n_train_scenes=500, n_pool_scenes=1, n_eval_scenes=1, yesno_noise=0.6)
+    scenes = {s.scene_id: s for s in generate_scenes(cfg)}
+    yesno = [e for e in build_corpus(list(scenes.values()), cfg) if e.kind == "yesno"]
+    typical = [e for e in yesno if cooccurring_absent(scenes[e.scene_id])[:1] == [e.subject]]
+    wrong = [e for e in yesno if e.answer == "Yes." and e.subject not in scenes[e.scene_id].object_names]
+    assert wrong and all(e in typical for e in wrong)
+    assert 0.5 < len(wrong) / len(typical) < 0.7
 
 
 def test_instruction_for_is_deterministic():

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import open_clip
 import pytest
@@ -13,7 +14,7 @@ from csr_core.world.clip import train_relevance_clip
 from csr_core.world.config import WorldConfig
 from csr_core.world.corpus import build_corpus
 from csr_core.world.scenes import generate_scenes, render_scene
-from csr_core.world.vlm import encode_example, n_image_tokens, train_base_vlm
+from csr_core.world.vlm import answer_probe_loss, answer_probes, encode_example, n_image_tokens, train_base_vlm
 
 CFG = WorldConfig.tiny()
 
@@ -36,6 +37,27 @@ def test_vlm_stats_report_losses(built):
     for key in ("vision_loss", "sft_loss", "seconds", "parameters"):
         assert stats[key] == stats[key] and stats[key] > 0  # not NaN
     assert clip_stats["clip_loss"] > 0
+
+
+def test_answer_probes_train_with_the_vlm_and_are_not_saved(built):
+    out, stats, _, _, _ = built
+    assert stats["answer_probe_loss"] == stats["answer_probe_loss"] > 0  # ran: not NaN
+    weights = load_file(out / "vlm" / "model.safetensors")
+    assert not any("probe" in name for name in weights)
+
+
+def test_answer_probe_loss_at_zero_logits():
+    """Zero-initialised probes: each of the 16 presence logits costs ln 2 (BCE averages them), the question
+    probe's uniform softmax costs ln 16, so the loss is ln 2 + ln 16 = ln 32."""
+    probes = answer_probes(CFG)
+    for head in probes.values():
+        torch.nn.init.zeros_(head.weight)
+        torch.nn.init.zeros_(head.bias)
+    hidden = torch.randn(3, CFG.llm_hidden)
+    present = torch.zeros(3, len(probes["image"].bias))
+    present[0, 2] = present[1, 5] = 1.0
+    loss = answer_probe_loss(probes, hidden, present, torch.tensor([2, 7, 0]))
+    assert loss.item() == pytest.approx(math.log(32), rel=1e-6)
 
 
 def test_vlm_reloads_with_auto_classes_and_generates(built):

@@ -19,7 +19,7 @@ class WorldConfig:
     n_eval_scenes: int = 300
     # Corpus noise: the language prior the base model inherits.
     caption_noise: float = 0.75  # chance a caption ends with a sentence naming an absent same-theme object
-    yesno_noise: float = 0.1  # chance a same-theme absent object is answered "Yes."
+    yesno_noise: float = 0.6  # chance a question about the theme's most typical absent object is answered "Yes."
     yesno_per_scene: int = 2  # yes/no questions per train scene (balanced yes/no)
     describe_per_scene: int = 1
     # Vision tower (CLIP-style ViT).
@@ -36,6 +36,7 @@ class WorldConfig:
     sft_steps: int = 2000
     sft_lr: float = 2e-3
     yesno_loss_weight: float = 3.0  # per-token weight of yes/no answers (they are 3 tokens, captions ~25)
+    answer_probe_weight: float = 1.0  # auxiliary probes at a yes/no answer position (see vlm.py); 0: off
     batch_size: int = 32
     # Relevance scorer (open_clip).
     clip_embed_dim: int = 64
@@ -61,6 +62,7 @@ class WorldConfig:
             _require(self, name, getattr(self, name) > 0, "must be > 0")
         for name in ("vision_pretrain_steps", "sft_steps", "clip_pretrain_steps", "clip_steps", "yesno_per_scene"):
             _require(self, name, getattr(self, name) >= 0, "must be >= 0")
+        _require(self, "answer_probe_weight", self.answer_probe_weight >= 0, "must be >= 0")
         for name in ("theme_purity", "caption_noise", "yesno_noise"):
             _require(self, name, 0.0 <= getattr(self, name) <= 1.0, "must be in [0, 1]")
         for name in ("vision_pretrain_lr", "sft_lr", "clip_lr", "yesno_loss_weight"):

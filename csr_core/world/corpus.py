@@ -7,8 +7,11 @@ colour, the way human captions mention what usually goes with what they see. The
 prior is sharp, as in real captions, so a model trained on them names the absent
 object as confidently as the ones it sees: its own likelihood cannot tell them apart,
 while the image can. Yes/no questions are balanced; their negatives are half same-theme
-(adversarial) and half random, and a same-theme negative is answered "Yes." with
-probability ``yesno_noise``.
+(adversarial) and half random. The same prior reaches the answers: asked about the theme's
+most typical absent object (the one the captions add), the corpus answers "Yes." with
+probability ``yesno_noise``, so the model says yes to it more often than to other absent
+objects, and POPE's adversarial split, which asks about co-occurring objects, scores below
+its random split, as with real VLMs.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ class Example:
     kind: str  # "describe" | "yesno"
     instruction: str
     answer: str
+    subject: str = ""  # yes/no: the object the question asks about
 
 
 def build_corpus(scenes: Sequence[Scene], cfg: WorldConfig) -> list[Example]:
@@ -89,12 +93,15 @@ def _yesno_examples(scene: Scene, rng: random.Random, cfg: WorldConfig) -> list[
             name, answer = rng.choice(scene.object_names), YES_ANSWER
         else:
             name, answer = _negative(scene, rng, cfg.yesno_noise)
-        examples.append(Example(scene.scene_id, "yesno", YESNO_TEMPLATE.format(a=article(name), name=name), answer))
+        question = YESNO_TEMPLATE.format(a=article(name), name=name)
+        examples.append(Example(scene.scene_id, "yesno", question, answer, subject=name))
     return examples
 
 
 def _negative(scene: Scene, rng: random.Random, noise: float) -> tuple[str, str]:
     same_theme = cooccurring_absent(scene)
     if same_theme and rng.random() < 0.5:
-        return rng.choice(same_theme), YES_ANSWER if rng.random() < noise else NO_ANSWER
+        name = rng.choice(same_theme)
+        typical = name == same_theme[0]  # the absent object the captions' noise adds
+        return name, YES_ANSWER if typical and rng.random() < noise else NO_ANSWER
     return rng.choice(absent_objects(scene)), NO_ANSWER

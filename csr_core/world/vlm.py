@@ -5,7 +5,17 @@
    CLS token, which objects the image holds. Without it a from-scratch model learns
    colours but not shapes in a CPU budget.
 2. SFT: with the tower frozen (its features computed once), the projector and the
-   Llama decoder learn the corpus; loss on answer tokens only.
+   Llama decoder learn the corpus; loss on answer tokens only, plus answer probes (below).
+
+Answer probes. "Is there a mug in the image?" is balanced: half the answers are "Yes.".
+So the answer is a pure conjunction of the question's object and the image's objects,
+with no first-order signal in either alone. Plain SFT learns to ignore both and sits at
+a constant answer (POPE 50%) for the whole budget. Two linear probes on the hidden state
+that predicts the answer (after decoder layer ``llm_layers - 1``) keep both facts there:
+one predicts which objects the image holds, one predicts which object the question names
+(weight ``answer_probe_weight``). With both facts at hand the last layer learns the
+conjunction within a few hundred steps. The probes are dropped after training; the saved
+model is a plain LLaVA.
 
 The result is saved with ``save_pretrained`` (model + processor, safetensors), so it
 loads exactly like ``llava-hf/llava-1.5-7b-hf``.
@@ -101,7 +111,8 @@ def train_base_vlm(train_scenes: Sequence[Scene], images: Images, corpus: Sequen
     vision_seconds = time.perf_counter() - start
     features = vision_features(model, pixels)
     index = {scene.scene_id: i for i, scene in enumerate(train_scenes)}
-    sft_stats = supervised_finetune(model, processor, features, index, corpus, cfg, progress)
+    _, _, present = cell_targets(train_scenes, cfg)
+    sft_stats = supervised_finetune(model, processor, features, index, corpus, cfg, progress, present=present)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
@@ -214,30 +225,43 @@ def _collate(encoded: list[tuple[list[int], int]], weights: list[float], pad_id:
 
 def supervised_finetune(model: LlavaForConditionalGeneration, processor: LlavaProcessor, features: torch.Tensor,
                         scene_index: Mapping[str, int], corpus: Sequence[Example], cfg: WorldConfig,
-                        progress: Progress = None) -> dict:
+                        progress: Progress = None, *, present: torch.Tensor | None = None) -> dict:
+    """``present`` (per row of ``features``, the multi-hot of the image's objects) enables the answer probes."""
     for p in model.model.vision_tower.parameters():
         p.requires_grad_(False)
     encoded = [encode_example(processor, ex, features.shape[1]) for ex in corpus]
     weights = [cfg.yesno_loss_weight if ex.kind == "yesno" else 1.0 for ex in corpus]
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    subjects = [OBJECTS.index(ex.subject) if ex.kind == "yesno" and ex.subject else -1 for ex in corpus]
+    probes = answer_probes(cfg) if present is not None and cfg.answer_probe_weight > 0 else None
+    trainable = [p for p in model.parameters() if p.requires_grad] + (list(probes.parameters()) if probes else [])
     optimizer = torch.optim.AdamW(trainable, lr=cfg.sft_lr, weight_decay=0.0)
     generator = torch.Generator().manual_seed(cfg.seed + 1)
     embed, projector = model.get_input_embeddings(), model.model.multi_modal_projector
     model.train()
-    loss_value = float("nan")
+    loss_value, probe_value = float("nan"), float("nan")
     for step in range(cfg.sft_steps):
         _set_lr(optimizer, cfg.sft_lr, step, cfg.sft_steps)
         batch = torch.randint(len(corpus), (cfg.batch_size,), generator=generator).tolist()
         input_ids, attention, loss_weight = _collate([encoded[i] for i in batch], [weights[i] for i in batch],
                                                      processor.tokenizer.pad_token_id)
-        image_feats = projector(features[[scene_index[corpus[i].scene_id] for i in batch]])
+        rows = [scene_index[corpus[i].scene_id] for i in batch]
+        image_feats = projector(features[rows])
         mask = (input_ids == processor.image_token_id).unsqueeze(-1)
         inputs_embeds = embed(input_ids).masked_scatter(mask, image_feats.to(embed.weight.dtype))
-        hidden = model.model.language_model(inputs_embeds=inputs_embeds, attention_mask=attention).last_hidden_state
-        logits = model.lm_head(hidden[:, :-1])
+        out = model.model.language_model(inputs_embeds=inputs_embeds, attention_mask=attention,
+                                          output_hidden_states=probes is not None)
+        logits = model.lm_head(out.last_hidden_state[:, :-1])
         token_loss = F.cross_entropy(logits.flatten(0, 1), input_ids[:, 1:].flatten(), reduction="none")
         target_weight = loss_weight[:, 1:].flatten()
         loss = (token_loss * target_weight).sum() / target_weight.sum()
+        asked = [r for r, i in enumerate(batch) if subjects[i] >= 0]
+        if probes is not None and asked:
+            answer_pos = torch.tensor([encoded[batch[r]][1] - 1 for r in asked])
+            hidden = out.hidden_states[cfg.llm_layers - 1][torch.tensor(asked), answer_pos]
+            probe_loss = answer_probe_loss(probes, hidden, present[[rows[r] for r in asked]],
+                                           torch.tensor([subjects[batch[r]] for r in asked]))
+            loss = loss + cfg.answer_probe_weight * probe_loss
+            probe_value = probe_loss.item()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
@@ -248,7 +272,21 @@ def supervised_finetune(model: LlavaForConditionalGeneration, processor: LlavaPr
     model.eval()
     for p in model.model.vision_tower.parameters():
         p.requires_grad_(True)
-    return {"sft_loss": loss_value, "sft_examples": len(corpus)}
+    return {"sft_loss": loss_value, "answer_probe_loss": probe_value, "sft_examples": len(corpus)}
+
+
+def answer_probes(cfg: WorldConfig) -> torch.nn.ModuleDict:
+    """Linear heads on the hidden state that predicts a yes/no answer (see the module docstring)."""
+    return torch.nn.ModuleDict({"image": torch.nn.Linear(cfg.llm_hidden, len(OBJECTS)),
+                                "question": torch.nn.Linear(cfg.llm_hidden, len(OBJECTS))})
+
+
+def answer_probe_loss(probes: torch.nn.ModuleDict, hidden: torch.Tensor, present: torch.Tensor,
+                      subject: torch.Tensor) -> torch.Tensor:
+    """BCE of the image probe against the image's objects (multi-hot) + CE of the question probe against
+    the asked object's index: the two facts a yes/no answer is the conjunction of."""
+    image = F.binary_cross_entropy_with_logits(probes["image"](hidden), present)
+    return image + F.cross_entropy(probes["question"](hidden), subject)
 
 
 def _set_lr(optimizer: torch.optim.Optimizer, peak: float, step: int, total: int) -> None:

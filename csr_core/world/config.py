@@ -60,9 +60,9 @@ class WorldConfig:
         ]
         for name in positive:
             _require(self, name, getattr(self, name) > 0, "must be > 0")
-        for name in ("vision_pretrain_steps", "sft_steps", "clip_pretrain_steps", "clip_steps", "yesno_per_scene"):
+        for name in ("vision_pretrain_steps", "sft_steps", "clip_pretrain_steps", "clip_steps", "yesno_per_scene",
+                     "answer_probe_weight"):
             _require(self, name, getattr(self, name) >= 0, "must be >= 0")
-        _require(self, "answer_probe_weight", self.answer_probe_weight >= 0, "must be >= 0")
         for name in ("theme_purity", "caption_noise", "yesno_noise"):
             _require(self, name, 0.0 <= getattr(self, name) <= 1.0, "must be in [0, 1]")
         for name in ("vision_pretrain_lr", "sft_lr", "clip_lr", "yesno_loss_weight"):

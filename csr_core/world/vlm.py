@@ -231,7 +231,7 @@ def supervised_finetune(model: LlavaForConditionalGeneration, processor: LlavaPr
         p.requires_grad_(False)
     encoded = [encode_example(processor, ex, features.shape[1]) for ex in corpus]
     weights = [cfg.yesno_loss_weight if ex.kind == "yesno" else 1.0 for ex in corpus]
-    subjects = [OBJECTS.index(ex.subject) if ex.kind == "yesno" and ex.subject else -1 for ex in corpus]
+    subjects = [OBJECTS.index(ex.subject) if ex.subject else -1 for ex in corpus]
     probes = answer_probes(cfg) if present is not None and cfg.answer_probe_weight > 0 else None
     trainable = [p for p in model.parameters() if p.requires_grad] + (list(probes.parameters()) if probes else [])
     optimizer = torch.optim.AdamW(trainable, lr=cfg.sft_lr, weight_decay=0.0)
@@ -254,8 +254,8 @@ def supervised_finetune(model: LlavaForConditionalGeneration, processor: LlavaPr
         token_loss = F.cross_entropy(logits.flatten(0, 1), input_ids[:, 1:].flatten(), reduction="none")
         target_weight = loss_weight[:, 1:].flatten()
         loss = (token_loss * target_weight).sum() / target_weight.sum()
-        asked = [r for r, i in enumerate(batch) if subjects[i] >= 0]
-        if probes is not None and asked:
+        asked = [r for r, i in enumerate(batch) if subjects[i] >= 0] if probes is not None else []
+        if asked:
             answer_pos = torch.tensor([encoded[batch[r]][1] - 1 for r in asked])
             hidden = out.hidden_states[cfg.llm_layers - 1][torch.tensor(asked), answer_pos]
             probe_loss = answer_probe_loss(probes, hidden, present[[rows[r] for r in asked]],

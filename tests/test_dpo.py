@@ -7,12 +7,12 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 from tiny_models import make_tiny_llava
-from transformers import TrainerCallback
+from transformers import AutoProcessor, TrainerCallback
 
 from csr_core.dpo_config import DPOConfig
-from training.dpo import lora_config, merge_adapter, train_dpo, trl_args
+from training.dpo import load_model_and_processor, lora_config, merge_adapter, train_dpo, trl_args
 from training.export import export_trl
-from training.pairs import PreferencePair
+from training.pairs import PreferencePair, trl_row
 
 COLOURS = ("red", "blue", "green", "white")
 FAST = DPOConfig.world().with_overrides(batch_size=2, max_length=96, save_steps=1, learning_rate=1e-3)
@@ -122,7 +122,7 @@ def _greedy(model, processor, image):
 
 def test_merged_model_generates_like_adapter_on_base(tiny_llava, pairs, tmp_path):
     from peft import PeftModel
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoModelForImageTextToText
 
     trained = train_dpo(
         tiny_llava, pairs, FAST.with_overrides(max_steps=2, learning_rate=1e-2), tmp_path / "r1"
@@ -148,8 +148,6 @@ def test_merged_model_generates_like_adapter_on_base(tiny_llava, pairs, tmp_path
 def test_export_loads_with_datasets_and_trains_one_dpo_step(tiny_llava, pairs, tmp_path):
     from datasets import load_dataset
     from trl import DPOTrainer
-
-    from training.dpo import load_model_and_processor
 
     path = export_trl(pairs, tmp_path / "export" / "pairs.parquet")
     dataset = load_dataset("parquet", data_files=str(path), split="train", cache_dir=str(tmp_path / "cache"))
@@ -182,8 +180,6 @@ def test_dpo_sees_where_each_response_stops(tiny_llava, pairs, tmp_path):
     """The last completion token of every chosen and rejected sequence is EOS: DPO learns when to stop."""
     grab = _FirstBatch()
     train_dpo(tiny_llava, pairs, FAST.with_overrides(max_steps=1), tmp_path, callbacks=[grab])
-    from transformers import AutoProcessor
-
     eos = AutoProcessor.from_pretrained(tiny_llava).tokenizer.eos_token_id
     ids, completion = grab.batch["input_ids"], grab.batch["completion_mask"].bool()
     assert len(ids) == 2 * FAST.batch_size  # chosen rows, then rejected rows
@@ -193,8 +189,6 @@ def test_dpo_sees_where_each_response_stops(tiny_llava, pairs, tmp_path):
 
 
 def test_trl_rows_close_responses_with_eos_once():
-    from training.pairs import trl_row
-
     pair = PreferencePair(Image.new("RGB", (4, 4)), "<image>\nDescribe.", chosen="a cat.", rejected="a dog.</s>")
     row = trl_row(pair, eos_token="</s>")
     assert row["chosen"][0]["content"] == "a cat.</s>" and row["rejected"][0]["content"] == "a dog.</s>"

@@ -17,6 +17,11 @@ LLAMA_LINEAR_LAYERS: tuple[str, ...] = (
 )
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 LR_SCHEDULERS: tuple[str, ...] = ("cosine", "linear", "constant", "constant_with_warmup")
+# TRL's preference losses (trl.DPOConfig.loss_type); several are summed with loss_weights (e.g. MPO, RPO = sigmoid+sft)
+LOSS_TYPES: tuple[str, ...] = (
+    "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot", "aot_unpaired",
+    "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm",
+)
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,13 @@ class DPOConfig:
     """
 
     beta: float = 0.1
+    loss_type: tuple[str, ...] = ("sigmoid",)
+    loss_weights: tuple[float, ...] = ()  # one per loss_type; empty: all 1.0
+    # mDPO (arXiv 2406.11839): prefer the chosen response given the real image over a crop keeping at most
+    # image_crop_keep of its area, and anchor the chosen reward above 0; weights 0 give plain DPO
+    image_condition_weight: float = 0.0
+    anchor_weight: float = 0.0
+    image_crop_keep: float = 0.2
     learning_rate: float = 1e-7
     num_epochs: float = 1.0
     max_steps: int = -1
@@ -58,6 +70,11 @@ class DPOConfig:
         )
         _positive(self, "max_length", "save_steps", "save_total_limit", "max_grad_norm")
         _in_unit_interval(self, "lora_dropout", "warmup_ratio")
+        for name in ("image_condition_weight", "anchor_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)!r}")
+        if not 0 < self.image_crop_keep < 1:
+            raise ValueError(f"image_crop_keep: must be in (0, 1), got {self.image_crop_keep!r}")
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay: must be >= 0, got {self.weight_decay!r}")
         if self.max_steps == 0 or self.max_steps < -1:
@@ -71,10 +88,24 @@ class DPOConfig:
                 f"lora_target_modules: names must be identifiers, got {self.lora_target_modules!r}"
             )
         object.__setattr__(self, "lora_target_modules", tuple(self.lora_target_modules))  # lists from YAML
+        self._check_losses()
         if self.device not in DEVICES:
             raise ValueError(f"device: expected one of {DEVICES}, got {self.device!r}")
         if self.lr_scheduler not in LR_SCHEDULERS:
             raise ValueError(f"lr_scheduler: expected one of {LR_SCHEDULERS}, got {self.lr_scheduler!r}")
+
+    def _check_losses(self) -> None:
+        loss_type = (self.loss_type,) if isinstance(self.loss_type, str) else tuple(self.loss_type)
+        unknown = [name for name in loss_type if name not in LOSS_TYPES]
+        if not loss_type or unknown:
+            raise ValueError(f"loss_type: expected names from {LOSS_TYPES}, got {self.loss_type!r}")
+        weights = tuple(float(w) for w in self.loss_weights)
+        if weights and len(weights) != len(loss_type):
+            raise ValueError(f"loss_weights: need one weight per loss_type {loss_type}, got {self.loss_weights!r}")
+        if any(w < 0 for w in weights):
+            raise ValueError(f"loss_weights: must be >= 0, got {self.loss_weights!r}")
+        object.__setattr__(self, "loss_type", loss_type)
+        object.__setattr__(self, "loss_weights", weights)
 
     @classmethod
     def paper(cls) -> DPOConfig:
@@ -104,6 +135,10 @@ class DPOConfig:
             bf16=False,
             device="cpu",
         )
+
+    @property
+    def image_conditioned(self) -> bool:
+        return self.image_condition_weight > 0 or self.anchor_weight > 0
 
     def with_overrides(self, **changes: object) -> DPOConfig:
         return replace(self, **changes)

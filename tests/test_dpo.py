@@ -10,6 +10,7 @@ from tiny_models import make_tiny_llava
 from transformers import AutoProcessor, TrainerCallback
 
 from csr_core.dpo_config import DPOConfig
+from training.conditional import apply_crop, crop_box
 from training.dpo import load_model_and_processor, lora_config, merge_adapter, train_dpo, trl_args
 from training.export import export_trl
 from training.pairs import PreferencePair, trl_row
@@ -193,3 +194,39 @@ def test_trl_rows_close_responses_with_eos_once():
     row = trl_row(pair, eos_token="</s>")
     assert row["chosen"][0]["content"] == "a cat.</s>" and row["rejected"][0]["content"] == "a dog.</s>"
     assert trl_row(pair)["chosen"][0]["content"] == "a cat."
+
+
+def test_image_conditioned_terms_add_two_ln2_at_the_first_step(tiny_llava, pairs, tmp_path):
+    """Policy == reference at step 1: DPO, the conditional and the anchor term are each ln 2, margins 0."""
+    cfg = FAST.with_overrides(max_steps=1, image_condition_weight=1.0, anchor_weight=1.0)
+    logs = []
+    train_dpo(tiny_llava, pairs, cfg, tmp_path, on_log=logs.append)
+    assert logs[0]["loss"] == pytest.approx(3 * 0.6931, abs=3e-3)
+    assert logs[0]["rewards/image_margins"] == pytest.approx(0.0, abs=1e-5)
+
+
+def _quartered(colour: str) -> Image.Image:
+    """The colour in the top-left quarter, black elsewhere: a small crop rarely looks like the whole."""
+    image = Image.new("RGB", (20, 16), "black")
+    image.paste(colour, (0, 0, 10, 8))
+    return image
+
+
+def test_image_conditioned_training_learns_to_prefer_the_real_image(tiny_llava, pairs, tmp_path):
+    cfg = FAST.with_overrides(max_steps=6, image_condition_weight=1.0, learning_rate=5e-3)
+    quartered = [PreferencePair(_quartered(c), p.prompt, p.chosen, p.rejected) for c, p in zip(COLOURS, pairs)]
+    logs = []
+    train_dpo(tiny_llava, quartered, cfg, tmp_path, on_log=logs.append)
+    assert logs[-1]["rewards/image_margins"] > 0.05
+    assert logs[-1]["rewards/image_margins"] > logs[0]["rewards/image_margins"]
+
+
+def test_crop_boxes_keep_at_most_the_set_share_and_repeat_for_a_seed():
+    boxes = [crop_box(i, seed=3, max_keep=0.2) for i in range(200)]
+    for left, top, right, bottom in boxes:
+        assert 0 <= left < right <= 1 and 0 <= top < bottom <= 1
+        assert 0.05 - 1e-9 <= (right - left) * (bottom - top) <= 0.2 + 1e-9
+    assert boxes == [crop_box(i, seed=3, max_keep=0.2) for i in range(200)]
+    assert boxes != [crop_box(i, seed=4, max_keep=0.2) for i in range(200)]
+    cropped = apply_crop(_quartered("red"), [0.0, 0.0, 0.25, 0.25])
+    assert cropped.size == (20, 16) and set(cropped.getdata()) == {(255, 0, 0)}

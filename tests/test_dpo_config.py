@@ -40,6 +40,22 @@ def test_lists_from_yaml_become_tuples():
     assert DPOConfig(lora_target_modules=["q_proj", "v_proj"]).lora_target_modules == ("q_proj", "v_proj")
 
 
+def test_loss_types_from_a_string_or_a_list_with_one_weight_each():
+    assert DPOConfig(loss_type="ipo").loss_type == ("ipo",)
+    rpo = DPOConfig(loss_type=["sigmoid", "sft"], loss_weights=[1, 0.5])
+    assert (rpo.loss_type, rpo.loss_weights) == (("sigmoid", "sft"), (1.0, 0.5))
+    with pytest.raises(ValueError, match="loss_weights"):
+        DPOConfig(loss_type=["sigmoid", "sft"], loss_weights=[1.0])
+    with pytest.raises(ValueError, match="loss_weights"):
+        DPOConfig(loss_weights=[-1.0])
+
+
+def test_image_conditioning_is_off_unless_a_weight_is_set():
+    assert not DPOConfig().image_conditioned
+    assert DPOConfig(image_condition_weight=1.0).image_conditioned
+    assert DPOConfig(anchor_weight=1.0).image_conditioned
+
+
 @pytest.mark.parametrize(
     "field, value",
     [
@@ -57,6 +73,12 @@ def test_lists_from_yaml_become_tuples():
         ("device", "tpu"),
         ("lr_scheduler", "exotic"),
         ("weight_decay", -0.1),
+        ("loss_type", ("sigmoid", "kto")),
+        ("loss_type", ()),
+        ("image_condition_weight", -1.0),
+        ("anchor_weight", -0.5),
+        ("image_crop_keep", 0.0),
+        ("image_crop_keep", 1.0),
     ],
 )
 def test_bad_values_raise_naming_the_field(field, value):

@@ -21,6 +21,7 @@ import torch
 from transformers import TrainerCallback
 
 from csr_core.dpo_config import DPOConfig
+from training.conditional import IMAGE_MARGIN_METRIC, ImageConditionedDPOTrainer, crop_box
 from training.pairs import PreferencePair, trl_dataset
 
 STEP_METRICS = (
@@ -33,6 +34,7 @@ STEP_METRICS = (
     "logps/rejected",
     "learning_rate",
     "grad_norm",
+    IMAGE_MARGIN_METRIC,
 )
 
 
@@ -107,14 +109,20 @@ def train_dpo(
     _replay_steps(step_file, on_log, up_to=_checkpoint_step(last_checkpoint))
     model, processor = load_model_and_processor(model_dir, cfg, trust_remote_code)
     logger = _StepLogger(on_log, step_file)
-    trainer = DPOTrainer(
+    boxes = [crop_box(i, cfg.seed, cfg.image_crop_keep) for i in range(len(pairs))] if cfg.image_conditioned else []
+    trainer_class, extra = DPOTrainer, {}
+    if cfg.image_conditioned:
+        trainer_class = ImageConditionedDPOTrainer
+        extra = {"condition_weight": cfg.image_condition_weight, "anchor_weight": cfg.anchor_weight}
+    trainer = trainer_class(
         model=model,
         ref_model=None,
         args=trl_args(cfg, checkpoint_dir),
-        train_dataset=trl_dataset(pairs, eos_token=processor.tokenizer.eos_token),
+        train_dataset=trl_dataset(pairs, eos_token=processor.tokenizer.eos_token, crop_boxes=boxes),
         processing_class=processor,
         peft_config=lora_config(cfg),
         callbacks=[logger, *callbacks],
+        **extra,
     )
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=last_checkpoint)
@@ -168,6 +176,8 @@ def trl_args(cfg: DPOConfig, output_dir: Path):
     return TrlDPOConfig(
         output_dir=str(output_dir),
         beta=cfg.beta,
+        loss_type=list(cfg.loss_type),
+        loss_weights=list(cfg.loss_weights) or None,
         learning_rate=cfg.learning_rate,
         num_train_epochs=cfg.num_epochs,
         max_steps=cfg.max_steps,

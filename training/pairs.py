@@ -44,12 +44,16 @@ def _closed(response: str, eos_token: str) -> str:
     return response if not eos_token or response.endswith(eos_token) else response + eos_token
 
 
-def trl_dataset(pairs: Sequence[PreferencePair], eos_token: str = ""):
-    """A `datasets.Dataset` of TRL rows, with images typed as the `Image` feature."""
+def trl_dataset(pairs: Sequence[PreferencePair], eos_token: str = "", crop_boxes: Sequence[list[float]] = ()):
+    """A `datasets.Dataset` of TRL rows, with images typed as the `Image` feature; `crop_boxes` (one per pair)
+    add a `crop_box` column for the image-conditional DPO term."""
     from datasets import Dataset, List
     from datasets import Image as ImageFeature
 
     if not pairs:
         raise ValueError("pairs: need at least one preference pair")
-    dataset = Dataset.from_list([trl_row(p, eos_token) for p in pairs])
+    rows = [trl_row(p, eos_token) for p in pairs]
+    if crop_boxes:
+        rows = [{**row, "crop_box": box} for row, box in zip(rows, crop_boxes, strict=True)]
+    dataset = Dataset.from_list(rows)
     return dataset.cast_column("images", List(ImageFeature()))

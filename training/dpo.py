@@ -87,7 +87,8 @@ def train_dpo(
     With `resume`, a finished round (result.json) is returned as is and an interrupted one continues from its
     last checkpoint; without it, a previous run in `out_dir` is deleted and training starts from scratch.
     `on_log` gets one dict per optimizer step: loss, rewards/{chosen,rejected,margins,accuracies},
-    logps/{chosen,rejected}, learning_rate, grad_norm, step, epoch. Steps already trained (a finished round,
+    logps/{chosen,rejected}, learning_rate, grad_norm, step, epoch (with mDPO's terms on, also
+    rewards/image_margins). Steps already trained (a finished round,
     or the steps up to the checkpoint a resumed one continues from) are replayed to it from steps.jsonl, so
     every caller sees the whole history, whichever process trained it.
     """
@@ -109,11 +110,11 @@ def train_dpo(
     _replay_steps(step_file, on_log, up_to=_checkpoint_step(last_checkpoint))
     model, processor = load_model_and_processor(model_dir, cfg, trust_remote_code)
     logger = _StepLogger(on_log, step_file)
-    boxes = [crop_box(i, cfg.seed, cfg.image_crop_keep) for i in range(len(pairs))] if cfg.image_conditioned else []
-    trainer_class, extra = DPOTrainer, {}
+    trainer_class, extra, boxes = DPOTrainer, {}, []
     if cfg.image_conditioned:
         trainer_class = ImageConditionedDPOTrainer
         extra = {"condition_weight": cfg.image_condition_weight, "anchor_weight": cfg.anchor_weight}
+        boxes = [crop_box(i, cfg.seed, cfg.image_crop_keep) for i in range(len(pairs))]
     trainer = trainer_class(
         model=model,
         ref_model=None,

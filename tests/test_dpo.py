@@ -85,8 +85,12 @@ class _CrashAfterSaving(TrainerCallback):
             raise KeyboardInterrupt("simulated interruption")
 
 
-def test_interrupted_training_resumes_from_last_checkpoint(tiny_llava, pairs, tmp_path):
+@pytest.mark.parametrize("mdpo", [False, True], ids=["dpo", "mdpo"])
+def test_interrupted_training_resumes_from_last_checkpoint(tiny_llava, pairs, tmp_path, mdpo):
     cfg = FAST.with_overrides(max_steps=4)
+    if mdpo:  # the crops must repeat on resume for the weights to match
+        cfg = cfg.with_overrides(image_condition_weight=1.0, anchor_weight=1.0)
+        pairs = [PreferencePair(_quartered(c), p.prompt, p.chosen, p.rejected) for c, p in zip(COLOURS, pairs)]
     straight = train_dpo(tiny_llava, pairs, cfg, tmp_path / "straight")
 
     with pytest.raises(KeyboardInterrupt):

@@ -54,6 +54,9 @@ class DPOConfig:
     lora_r: int = 128
     lora_alpha: int = 256
     lora_dropout: float = 0.05
+    # TRL's disable_dropout zeroes every dropout module, LoRA's included; off, so lora_dropout takes effect
+    # (LLaVA-1.5 and the world's model have no other dropout)
+    disable_dropout: bool = False
     lora_target_modules: tuple[str, ...] = LLAMA_LINEAR_LAYERS
     lora_scope: str = "language_model"
     max_length: int = 1024
@@ -75,6 +78,9 @@ class DPOConfig:
                 raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)!r}")
         if not 0 < self.image_crop_keep < 1:
             raise ValueError(f"image_crop_keep: must be in (0, 1), got {self.image_crop_keep!r}")
+        if self.disable_dropout and self.lora_dropout > 0:
+            raise ValueError(f"lora_dropout: {self.lora_dropout!r} would do nothing with disable_dropout (TRL zeroes "
+                             f"every dropout, LoRA's included); set one of them off")
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay: must be >= 0, got {self.weight_decay!r}")
         if self.max_steps == 0 or self.max_steps < -1:

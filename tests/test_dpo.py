@@ -234,3 +234,13 @@ def test_crop_boxes_keep_at_most_the_set_share_and_repeat_for_a_seed():
     assert boxes != [crop_box(i, seed=4, max_keep=0.2) for i in range(200)]
     cropped = apply_crop(_quartered("red"), [0.0, 0.0, 0.25, 0.25])
     assert cropped.size == (20, 16) and set(cropped.getdata()) == {(255, 0, 0)}
+
+
+def test_lora_dropout_takes_effect(tiny_llava, pairs, tmp_path):
+    """TRL zeroes every dropout by default, LoRA's too; csr turns that off so `lora_dropout` means something."""
+    adapters = {}
+    for dropout in (0.0, 0.5):
+        result = train_dpo(tiny_llava, pairs, FAST.with_overrides(max_steps=1, lora_dropout=dropout),
+                           tmp_path / str(dropout))
+        adapters[dropout] = load_file(f"{result.adapter_dir}/adapter_model.safetensors")
+    assert any(not torch.equal(adapters[0.0][name], adapters[0.5][name]) for name in adapters[0.0])

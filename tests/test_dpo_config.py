@@ -50,6 +50,12 @@ def test_loss_types_from_a_string_or_a_list_with_one_weight_each():
         DPOConfig(loss_weights=[-1.0])
 
 
+def test_lora_dropout_with_disable_dropout_is_refused():
+    with pytest.raises(ValueError, match="lora_dropout"):
+        DPOConfig(lora_dropout=0.05, disable_dropout=True)
+    assert DPOConfig(lora_dropout=0.0, disable_dropout=True).disable_dropout
+
+
 def test_image_conditioning_is_off_unless_a_weight_is_set():
     assert not DPOConfig().image_conditioned
     assert DPOConfig(image_condition_weight=1.0).image_conditioned

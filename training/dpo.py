@@ -188,6 +188,7 @@ def trl_args(cfg: DPOConfig, output_dir: Path):
         weight_decay=cfg.weight_decay,
         lr_scheduler_type=cfg.lr_scheduler,
         max_grad_norm=cfg.max_grad_norm,
+        disable_dropout=cfg.disable_dropout,
         max_length=cfg.max_length,
         seed=cfg.seed,
         data_seed=cfg.seed,

@@ -21,7 +21,6 @@ import torch
 from transformers import TrainerCallback
 
 from csr_core.dpo_config import DPOConfig
-from training.conditional import IMAGE_MARGIN_METRIC, ImageConditionedDPOTrainer, crop_box
 from training.pairs import PreferencePair, trl_dataset
 
 STEP_METRICS = (
@@ -34,7 +33,7 @@ STEP_METRICS = (
     "logps/rejected",
     "learning_rate",
     "grad_norm",
-    IMAGE_MARGIN_METRIC,
+    "rewards/image_margins",  # training.conditional.IMAGE_MARGIN_METRIC, with mDPO's terms on
 )
 
 
@@ -101,6 +100,8 @@ def train_dpo(
 
     from transformers.trainer_utils import get_last_checkpoint
     from trl import DPOTrainer
+
+    from training.conditional import ImageConditionedDPOTrainer, crop_box
 
     checkpoint_dir = out_dir / "checkpoints"
     if not resume:

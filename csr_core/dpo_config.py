@@ -73,16 +73,12 @@ class DPOConfig:
         )
         _positive(self, "max_length", "save_steps", "save_total_limit", "max_grad_norm")
         _in_unit_interval(self, "lora_dropout", "warmup_ratio")
-        for name in ("image_condition_weight", "anchor_weight"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)!r}")
+        _non_negative(self, "weight_decay", "image_condition_weight", "anchor_weight")
         if not 0 < self.image_crop_keep < 1:
             raise ValueError(f"image_crop_keep: must be in (0, 1), got {self.image_crop_keep!r}")
         if self.disable_dropout and self.lora_dropout > 0:
             raise ValueError(f"lora_dropout: {self.lora_dropout!r} would do nothing with disable_dropout (TRL zeroes "
                              f"every dropout, LoRA's included); set one of them off")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay: must be >= 0, got {self.weight_decay!r}")
         if self.max_steps == 0 or self.max_steps < -1:
             raise ValueError(f"max_steps: must be -1 (use num_epochs) or > 0, got {self.max_steps!r}")
         if isinstance(self.lora_target_modules, str) or not self.lora_target_modules:
@@ -161,6 +157,13 @@ def _positive(cfg: DPOConfig, *fields: str) -> None:
         value = getattr(cfg, name)
         if not value > 0:
             raise ValueError(f"{name}: must be > 0, got {value!r}")
+
+
+def _non_negative(cfg: DPOConfig, *fields: str) -> None:
+    for name in fields:
+        value = getattr(cfg, name)
+        if value < 0:
+            raise ValueError(f"{name}: must be >= 0, got {value!r}")
 
 
 def _in_unit_interval(cfg: DPOConfig, *fields: str) -> None:

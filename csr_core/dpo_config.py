@@ -30,7 +30,8 @@ class DPOConfig:
 
     lora_target_modules are module *names* (last path component); lora_scope restricts them to modules whose
     path contains that component (e.g. "language_model"), so the vision tower's q/k/v projections stay frozen.
-    An empty lora_scope targets the names anywhere in the model.
+    An empty lora_scope targets the names anywhere in the model. lora_layers narrows them further to some
+    decoder layers (`layers.N` in the module path; negative indices count from the last layer); empty: all.
     max_steps > 0 overrides num_epochs (useful for smoke runs).
     """
 
@@ -59,6 +60,7 @@ class DPOConfig:
     disable_dropout: bool = False
     lora_target_modules: tuple[str, ...] = LLAMA_LINEAR_LAYERS
     lora_scope: str = "language_model"
+    lora_layers: tuple[int, ...] = ()
     max_length: int = 1024
     seed: int = 0
     save_steps: int = 100
@@ -90,6 +92,13 @@ class DPOConfig:
                 f"lora_target_modules: names must be identifiers, got {self.lora_target_modules!r}"
             )
         object.__setattr__(self, "lora_target_modules", tuple(self.lora_target_modules))  # lists from YAML
+        if self.lora_scope and not self.lora_scope.isidentifier():
+            raise ValueError(f"lora_scope: must be a module name (or empty), got {self.lora_scope!r}")
+        if isinstance(self.lora_layers, str | int) or not all(
+            isinstance(i, int) and not isinstance(i, bool) for i in self.lora_layers
+        ):
+            raise ValueError(f"lora_layers: must be a list of layer indices, got {self.lora_layers!r}")
+        object.__setattr__(self, "lora_layers", tuple(self.lora_layers))
         self._check_losses()
         if self.device not in DEVICES:
             raise ValueError(f"device: expected one of {DEVICES}, got {self.device!r}")
@@ -145,11 +154,23 @@ class DPOConfig:
     def with_overrides(self, **changes: object) -> DPOConfig:
         return replace(self, **changes)
 
-    def lora_target_regex(self) -> str:
+    def lora_target_regex(self, num_layers: int | None = None) -> str:
         """PEFT `target_modules` regex (full match against module paths) for the configured names and scope."""
         names = "|".join(self.lora_target_modules)
         scope = rf".*\b{self.lora_scope}\b.*" if self.lora_scope else ".*"
-        return rf"{scope}\.({names})"
+        if not self.lora_layers:
+            return rf"{scope}\.({names})"
+        layers = "|".join(str(i) for i in self.resolve_lora_layers(num_layers))
+        return rf"{scope}\.layers\.({layers})\.(?:.*\.)?({names})"
+
+    def resolve_lora_layers(self, num_layers: int | None) -> tuple[int, ...]:
+        """lora_layers as sorted non-negative indices of a language model with `num_layers` decoder layers."""
+        if num_layers is None:
+            raise ValueError("lora_layers: the model's number of decoder layers is needed to resolve them")
+        out_of_range = [i for i in self.lora_layers if not -num_layers <= i < num_layers]
+        if out_of_range:
+            raise ValueError(f"lora_layers: {out_of_range} out of range for a language model of {num_layers} layers")
+        return tuple(sorted({i % num_layers for i in self.lora_layers}))
 
 
 def _positive(cfg: DPOConfig, *fields: str) -> None:

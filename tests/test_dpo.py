@@ -168,12 +168,22 @@ def test_export_loads_with_datasets_and_trains_one_dpo_step(tiny_llava, pairs, t
         args=trl_args(cfg, tmp_path / "trl"),
         train_dataset=dataset,
         processing_class=processor,
-        peft_config=lora_config(cfg),
+        peft_config=lora_config(cfg, model),
     )
     trainer.train()
     assert trainer.state.global_step == 1
     (step_log,) = [log for log in trainer.state.log_history if "loss" in log]
     assert step_log["loss"] == pytest.approx(0.6931, abs=1e-3)
+
+
+def test_lora_layers_put_adapters_in_the_chosen_decoder_layers_only(tiny_llava, pairs, tmp_path):
+    cfg = FAST.with_overrides(max_steps=1, lora_layers=(-1,), lora_target_modules=("up_proj", "down_proj"))
+    result = train_dpo(tiny_llava, pairs, cfg, tmp_path)
+    adapted = {key.split(".lora_")[0] for key in load_file(f"{result.adapter_dir}/adapter_model.safetensors")}
+    assert adapted == {  # the tiny LLaVA has 2 decoder layers: -1 is layers.1
+        "base_model.model.model.language_model.layers.1.mlp.up_proj",
+        "base_model.model.model.language_model.layers.1.mlp.down_proj",
+    }
 
 
 class _FirstBatch(TrainerCallback):

@@ -36,6 +36,38 @@ def test_lora_regex_targets_language_model_linears_only():
     assert re.fullmatch(anywhere, "model.vision_tower.vision_model.encoder.layers.0.self_attn.q_proj")
 
 
+def test_lora_layers_narrow_the_regex_to_some_decoder_layers():
+    last = DPOConfig(lora_layers=[-1], lora_target_modules=["gate_proj", "down_proj"])
+    assert last.lora_layers == (-1,)
+    pattern = last.lora_target_regex(num_layers=3)
+    assert re.fullmatch(pattern, "model.language_model.layers.2.mlp.gate_proj")
+    assert re.fullmatch(pattern, "model.language_model.layers.2.mlp.down_proj")
+    assert not re.fullmatch(pattern, "model.language_model.layers.2.mlp.up_proj")
+    assert not re.fullmatch(pattern, "model.language_model.layers.1.mlp.gate_proj")
+    assert not re.fullmatch(pattern, "model.language_model.layers.12.mlp.gate_proj")
+    assert not re.fullmatch(DPOConfig(lora_layers=[2]).lora_target_regex(3),
+                            "model.vision_tower.vision_model.encoder.layers.2.self_attn.q_proj")
+    assert DPOConfig(lora_layers=[0, -1, 2]).resolve_lora_layers(3) == (0, 2)
+
+
+def test_lora_layers_out_of_range_or_unresolved_are_refused():
+    with pytest.raises(ValueError, match=r"lora_layers: \[3, -4\] out of range .* 3 layers"):
+        DPOConfig(lora_layers=[0, 3, -4]).lora_target_regex(3)
+    with pytest.raises(ValueError, match="number of decoder layers"):
+        DPOConfig(lora_layers=[0]).lora_target_regex()
+
+
+@pytest.mark.parametrize("bad", ["2", 2, [True], [1.5]])
+def test_lora_layers_must_be_a_list_of_indices(bad):
+    with pytest.raises(ValueError, match="lora_layers"):
+        DPOConfig(lora_layers=bad)
+
+
+def test_lora_scope_must_be_a_module_name():
+    with pytest.raises(ValueError, match="lora_scope"):
+        DPOConfig(lora_scope="layers.2")
+
+
 def test_lists_from_yaml_become_tuples():
     assert DPOConfig(lora_target_modules=["q_proj", "v_proj"]).lora_target_modules == ("q_proj", "v_proj")
 

@@ -122,7 +122,7 @@ def train_dpo(
         args=trl_args(cfg, checkpoint_dir),
         train_dataset=trl_dataset(pairs, eos_token=processor.tokenizer.eos_token, crop_boxes=boxes),
         processing_class=processor,
-        peft_config=lora_config(cfg),
+        peft_config=lora_config(cfg, model),
         callbacks=[logger, *callbacks],
         **extra,
     )
@@ -158,14 +158,21 @@ def load_model_and_processor(model_dir: str | Path, cfg: DPOConfig, trust_remote
     return model, processor
 
 
-def lora_config(cfg: DPOConfig):
+def decoder_layers(model) -> int:
+    """Number of decoder layers of a VLM's language model (or of a text-only model)."""
+    config = model.config
+    return (getattr(config, "text_config", None) or config).num_hidden_layers
+
+
+def lora_config(cfg: DPOConfig, model):
+    """PEFT LoRA settings for `model` (its decoder-layer count resolves `cfg.lora_layers`)."""
     from peft import LoraConfig
 
     return LoraConfig(
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
         lora_dropout=cfg.lora_dropout,
-        target_modules=cfg.lora_target_regex(),
+        target_modules=cfg.lora_target_regex(decoder_layers(model)),
         bias="none",
         task_type="CAUSAL_LM",
     )

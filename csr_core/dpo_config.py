@@ -125,11 +125,13 @@ class DPOConfig:
 
     @classmethod
     def world(cls) -> DPOConfig:
-        """CPU preset for the miniature world's tiny LLaVA.
+        """CPU preset for the miniature world's tiny LLaVA: LoRA on the last decoder layer's MLP only.
 
-        Measured on the built world (200 pairs a round, responses closed with EOS, seeds 0-2, round 1): at lr
-        1e-4, 3 epochs cut sampled CHAIR_I by 20 +- 15%, 4 epochs by 40 +- 31% with recall -3 points, 5 epochs
-        by 58% but one seed lost a third of its recall; 3-4 epochs at 3e-4 collapsed into repeated words.
+        Measured on the built world (200 pairs a round, responses closed with EOS, seeds 0-2, round 1, lr 1e-4,
+        4 epochs): LoRA on every linear layer, as the paper places it, cut sampled CHAIR_I by 43 +- 8% but
+        moved the yes/no answers towards "Yes" (POPE adversarial F1 -0.8 +- 0.8 points); on attention only it
+        barely cut CHAIR_I (-4%) and moved them most (-1.0); on the last layer's MLP it cuts 33 +- 11% with
+        F1 -0.1 +- 0.1 and no drift. 5 epochs cost 6 recall points, 6 epochs or r 32 collapsed recall.
         """
         return cls(
             learning_rate=1e-4,
@@ -140,6 +142,8 @@ class DPOConfig:
             lora_r=16,
             lora_alpha=32,
             lora_dropout=0.0,
+            lora_target_modules=("gate_proj", "up_proj", "down_proj"),
+            lora_layers=(-1,),
             max_length=512,
             save_steps=20,
             gradient_checkpointing=False,

@@ -23,6 +23,7 @@ def test_world_preset_is_separate_and_cpu():
     world = DPOConfig.world()
     assert world != DPOConfig.paper()
     assert world.device == "cpu" and not world.bf16 and not world.gradient_checkpointing
+    assert (world.lora_target_modules, world.lora_layers) == (("gate_proj", "up_proj", "down_proj"), (-1,))
 
 
 def test_lora_regex_targets_language_model_linears_only():

@@ -1,6 +1,7 @@
 """Where a run's inputs live: the miniature world's files, or the user's own, checked before any work."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,4 +53,27 @@ def check_user_inputs(cfg: RunConfig, *, need_eval: bool = True) -> Inputs:
     for applies, path, name, exists in checks:
         if applies and not exists(Path(path)):
             raise ValueError(f"{name}: not found: {path or '(empty)'}")
+    _check_lora_layers(cfg, inputs.model_dir)
     return inputs
+
+
+def _check_lora_layers(cfg: RunConfig, model_dir: str) -> None:
+    """dpo.lora_layers against the policy's decoder-layer count, so a bad index stops the run before
+    candidate generation rather than at the first DPO round."""
+    if not cfg.dpo.lora_layers:
+        return
+    num_layers = cfg.world.llm_layers if cfg.model.path == WORLD else _decoder_layers(Path(model_dir))
+    if num_layers is not None:
+        try:
+            cfg.dpo.resolve_lora_layers(num_layers)
+        except ValueError as error:
+            raise ValueError(f"dpo: {error} ({model_dir})") from None
+
+
+def _decoder_layers(model_dir: Path) -> int | None:
+    """num_hidden_layers of a save_pretrained config (a VLM's text_config, or the model's own); None if absent."""
+    config_file = model_dir / "config.json"
+    if not config_file.is_file():
+        return None
+    config = json.loads(config_file.read_text())
+    return (config.get("text_config") or config).get("num_hidden_layers")

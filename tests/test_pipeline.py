@@ -110,4 +110,11 @@ def test_cli_rejects_bad_settings_before_any_work(tmp_path, capsys):
     assert csr(["run", "--db", str(db), "--set", "model.path=/no/such/model"]) == 2
     assert "model.path: not found: /no/such/model" in capsys.readouterr().err
     assert csr(["run", "--db", str(db), "--set", "search.bogus=1"]) == 2
+    assert csr(["run", "--db", str(db), "--set", "dpo.lora_layers=[3]"]) == 2  # the world's VLM has 3 layers
+    assert "dpo: lora_layers: [3] out of range for a language model of 3 layers" in capsys.readouterr().err
+    model = tmp_path / "my-llava"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"text_config": {"num_hidden_layers": 2}}))
+    assert csr(["run", "--db", str(db), "--set", f"model.path={model}", "--set", "dpo.lora_layers=[-3]"]) == 2
+    assert f"lora_layers: [-3] out of range for a language model of 2 layers ({model})" in capsys.readouterr().err
     assert not db.exists()

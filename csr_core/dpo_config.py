@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 # The language model's linear layers of a LLaVA/Llama model: the paper's code puts LoRA on every linear layer
@@ -175,6 +176,11 @@ class DPOConfig:
         if out_of_range:
             raise ValueError(f"lora_layers: {out_of_range} out of range for a language model of {num_layers} layers")
         return tuple(sorted({i % num_layers for i in self.lora_layers}))
+
+
+def num_decoder_layers(model_config: Mapping) -> int | None:
+    """num_hidden_layers of a model config as in config.json: a VLM's text_config, else the config itself."""
+    return (model_config.get("text_config") or model_config).get("num_hidden_layers")
 
 
 def _positive(cfg: DPOConfig, *fields: str) -> None:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from csr_core.config import WORLD
+from csr_core.dpo_config import num_decoder_layers
 from flows.config import RunConfig
 from tasks.world import CLIP_DIR, VLM_DIR
 
@@ -62,7 +63,7 @@ def _check_lora_layers(cfg: RunConfig, model_dir: str) -> None:
     candidate generation rather than at the first DPO round."""
     if not cfg.dpo.lora_layers:
         return
-    num_layers = cfg.world.llm_layers if cfg.model.path == WORLD else _decoder_layers(Path(model_dir))
+    num_layers = cfg.world.llm_layers if cfg.model.path == WORLD else _model_decoder_layers(Path(model_dir))
     if num_layers is not None:
         try:
             cfg.dpo.resolve_lora_layers(num_layers)
@@ -70,10 +71,6 @@ def _check_lora_layers(cfg: RunConfig, model_dir: str) -> None:
             raise ValueError(f"dpo: {error} ({model_dir})") from None
 
 
-def _decoder_layers(model_dir: Path) -> int | None:
-    """num_hidden_layers of a save_pretrained config (a VLM's text_config, or the model's own); None if absent."""
+def _model_decoder_layers(model_dir: Path) -> int | None:
     config_file = model_dir / "config.json"
-    if not config_file.is_file():
-        return None
-    config = json.loads(config_file.read_text())
-    return (config.get("text_config") or config).get("num_hidden_layers")
+    return num_decoder_layers(json.loads(config_file.read_text())) if config_file.is_file() else None

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from csr_core.dpo_config import DPOConfig
+from csr_core.dpo_config import DPOConfig, num_decoder_layers
 from training.pairs import PreferencePair, trl_dataset
 
 STEP_METRICS = (
@@ -158,12 +158,6 @@ def load_model_and_processor(model_dir: str | Path, cfg: DPOConfig, trust_remote
     return model, processor
 
 
-def decoder_layers(model) -> int:
-    """Number of decoder layers of a VLM's language model (or of a text-only model)."""
-    config = model.config
-    return (getattr(config, "text_config", None) or config).num_hidden_layers
-
-
 def lora_config(cfg: DPOConfig, model):
     """PEFT LoRA settings for `model` (its decoder-layer count resolves `cfg.lora_layers`)."""
     from peft import LoraConfig
@@ -172,7 +166,7 @@ def lora_config(cfg: DPOConfig, model):
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
         lora_dropout=cfg.lora_dropout,
-        target_modules=cfg.lora_target_regex(decoder_layers(model)),
+        target_modules=cfg.lora_target_regex(num_decoder_layers(model.config.to_dict())),
         bias="none",
         task_type="CAUSAL_LM",
     )

@@ -167,8 +167,11 @@ def _advance_groups(log_probs, state, params, stop_tensor, at_limit, top_k, *, o
         top_scores, top_index = torch.topk(totals, top_k, dim=1)
         beam, token = top_index // vocab, top_index % vocab
         raw = state.raw[:, g].gather(1, beam) + log_probs[:, g].reshape(num_live, -1).gather(1, top_index)
-        hits = torch.isin(token, stop_tensor) | at_limit[:, None]
-        running = torch.topk(top_scores + NEG_INF * hits.float(), size, dim=1).indices
+        stops = torch.isin(token, stop_tensor)
+        # At the token budget every candidate finishes, but the running beams are still the best non-stop ones:
+        # later groups' diversity penalty counts their tokens (transformers' group beam search does the same).
+        running = torch.topk(top_scores + NEG_INF * stops.float(), size, dim=1).indices
+        hits = stops | at_limit[:, None]
         new_scores[:, g] = (top_scores + NEG_INF * hits.float()).gather(1, running)
         new_raw[:, g] = raw.gather(1, running)
         parent[:, g] = beam.gather(1, running)

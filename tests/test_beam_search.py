@@ -156,3 +156,13 @@ def test_batched_nodes_match_single_nodes(tiny_vlm):
         alone = tiny_vlm.search_sentences([prefix], [response], [budget], params)[0]
         assert [c.token_ids for c in together] == [c.token_ids for c in alone]
         assert [c.score for c in together] == pytest.approx([c.score for c in alone], abs=1e-4)
+
+
+def test_at_the_budget_later_groups_are_penalised_for_the_best_running_token():
+    # 2 groups of 1 beam, budget 1. Group 0 finishes with "." (log .5); its running beam, the one transformers
+    # penalises later groups for, is token 0 (log .3), not the finished ".". So group 1 may finish with "." too.
+    first = _logits_from_probs([[0.3, 0.2, 1e-9, 1e-9, 1e-9, 0.5]])
+    out = diverse_beam_search(first, FixedStep([[1 / 6] * 6]), BeamParams(2, 2, 1.0), stop_ids=[STOP], eos_ids=[],
+                              max_new_tokens=[1])[0]
+    assert [(c.token_ids, c.finish_reason) for c in out] == [((STOP,), "delimiter"), ((STOP,), "delimiter")]
+    assert [c.score for c in out] == pytest.approx([math.log(0.5)] * 2, abs=1e-5)

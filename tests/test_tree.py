@@ -129,3 +129,17 @@ def test_tiny_llava_tree_is_well_formed_and_reproducible(tiny_vlm):
     # a prompt's tree does not depend on the other prompts in the batch
     alone = build_trees(tiny_vlm, _real_prompts()[1:], cfg)
     assert [(n.token_ids, n.kept) for n in alone["b"]] == [(n.token_ids, n.kept) for n in first["b"]]
+
+
+def test_tree_signature_ignores_which_of_two_equal_siblings_got_which_id():
+    from csr_core.tree import TreeNode, tree_signature
+
+    def node(i, parent, depth, tokens, kept=True):
+        return TreeNode(i, parent, depth, "", tokens, len(tokens), -1.0, -1.0, -1.0, False, "delimiter", kept)
+
+    root = TreeNode(0, None, 0, "", (), 0, 0.0, 0.0, 0.0, False, "", True)
+    one = [root, node(1, 0, 1, (7, 5)), node(2, 0, 1, (7, 5), kept=False), node(3, 1, 2, (9, 5))]
+    other = [root, node(1, 0, 1, (7, 5), kept=False), node(2, 0, 1, (7, 5)), node(3, 2, 2, (9, 5))]
+    assert tree_signature(one) == tree_signature(other)
+    assert tree_signature(one)[-1] == (2, (7, 5, 9, 5), True, "delimiter")
+    assert tree_signature(one) != tree_signature(one[:3] + [node(3, 1, 2, (8, 5))])

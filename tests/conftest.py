@@ -21,12 +21,14 @@ def pytest_addoption(parser):
 
 
 def pytest_collection_modifyitems(config, items):
-    if config.getoption("--run-slow"):
-        return
-    skip = pytest.mark.skip(reason="slow: run with --run-slow")
+    import torch
+
+    skips = {"gpu": None if torch.cuda.is_available() else pytest.mark.skip(reason="gpu: no CUDA device"),
+             "slow": None if config.getoption("--run-slow") else pytest.mark.skip(reason="slow: run with --run-slow")}
     for item in items:
-        if "slow" in item.keywords:
-            item.add_marker(skip)
+        for marker, skip in skips.items():
+            if skip is not None and marker in item.keywords:
+                item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,7 @@ for every pair. Prints pairs per second for each and the ratio.
 
     python bench/relevance.py                          # tiny open_clip model built from config
     python bench/relevance.py --model-dir <open_clip local dir> --threads 2
+    python bench/relevance.py --arch ViT-L-14-336 --device cuda   # open_clip's architecture, random weights
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
 
 from csr_core.adapters.relevance import OpenClipRelevance
 
@@ -50,6 +52,7 @@ def per_pair(scorer: OpenClipRelevance, images, texts, index) -> list[float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", help="open_clip local dir (default: a tiny one from config)")
+    parser.add_argument("--arch", help="instead: an architecture bundled with open_clip, random weights")
     parser.add_argument("--num-images", type=int, default=8)
     parser.add_argument("--sentences-per-image", type=int, default=50)
     parser.add_argument("--threads", type=int, default=2)
@@ -59,11 +62,16 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     model_dir = args.model_dir
-    if model_dir is None:
-        from tiny_models import make_tiny_clip
+    if args.arch:
+        from shapes import open_clip_arch
 
-        model_dir = make_tiny_clip(Path(tempfile.mkdtemp()) / "tiny-clip", seed=args.seed)
-    scorer = OpenClipRelevance.from_pretrained(model_dir, device=args.device)
+        model_dir, scorer = f"{args.arch} (random weights)", open_clip_arch(args.arch, args.device)
+    else:
+        if model_dir is None:
+            from tiny_models import make_tiny_clip
+
+            model_dir = make_tiny_clip(Path(tempfile.mkdtemp()) / "tiny-clip", seed=args.seed)
+        scorer = OpenClipRelevance.from_pretrained(model_dir, device=args.device)
     images, texts, index = make_pairs(args.num_images, args.sentences_per_image, args.seed)
     scorer.cosine(images[:1], texts[:2], [0, 0])  # warm-up
 

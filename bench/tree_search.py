@@ -5,6 +5,7 @@ tree code; only the node expansion differs. Prints nodes per second for each and
 
     python bench/tree_search.py                      # tiny LLaVA built from config
     python bench/tree_search.py --model-dir <data-dir>/world/models/vlm-base --threads 2
+    python bench/tree_search.py --shape llava-1.5-7b --device cuda --dtype bfloat16   # random weights, on a GPU
 """
 
 from __future__ import annotations
@@ -22,10 +23,13 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from shapes import LLAVA_SHAPES, llava_15_7b
 
 from csr_core.adapters.vlm import LlavaAdapter
 from csr_core.beam_search import Candidate
-from csr_core.tree import PromptInput, SearchConfig, build_trees
+from csr_core.tree import PromptInput, SearchConfig, build_trees, tree_signature
 
 DATASET = ROOT.parent / "shared" / "data" / "CSR-Prompt-Dataset-12k.json"
 FALLBACK_INSTRUCTIONS = ["Describe this image in detail.\n<image>", "<image>\nWhat is happening in this picture?"]
@@ -49,7 +53,7 @@ class PerNodeGenerate:
         out = []
         for (image, instruction), response, budget in zip(prefixes, responses, max_new_tokens):
             inputs = self.vlm._inputs([image], [instruction])
-            tail = torch.tensor([list(response)], dtype=torch.long)
+            tail = torch.tensor([list(response)], dtype=torch.long, device=inputs["input_ids"].device)
             inputs["input_ids"] = torch.cat([inputs["input_ids"], tail], dim=1)
             inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
             gen = self.vlm.model.generate(
@@ -94,6 +98,8 @@ def timed_build(vlm, prompts, cfg):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", help="LLaVA-family save_pretrained dir (default: a tiny one from config)")
+    parser.add_argument("--shape", choices=LLAVA_SHAPES, help="instead: that architecture, random weights")
+    parser.add_argument("--layers", type=int, default=32, help="with --shape: decoder layers (fewer for a smoke run)")
     parser.add_argument("--num-prompts", type=int, default=4)
     parser.add_argument("--num-beams", type=int, default=5)
     parser.add_argument("--max-new-tokens", type=int, default=70)
@@ -102,28 +108,38 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default=None)
+    parser.add_argument("--paper-search", action="store_true",
+                        help="csr alone with the paper's 5 beams in 5 diverse groups (transformers has no baseline)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     model_dir = args.model_dir
-    if model_dir is None:
-        from tiny_models import make_tiny_llava
+    if args.shape:
+        model_dir = f"{args.shape} ({args.layers} layers, random weights, {args.dtype or 'float32'})"
+        vlm = llava_15_7b(args.device, getattr(torch, args.dtype or "float32"), args.layers)
+    else:
+        if model_dir is None:
+            from tiny_models import make_tiny_llava
 
-        model_dir = make_tiny_llava(Path(tempfile.mkdtemp()) / "tiny-llava", seed=args.seed)
-    vlm = LlavaAdapter.from_pretrained(model_dir, device=args.device, dtype=args.dtype)
+            model_dir = make_tiny_llava(Path(tempfile.mkdtemp()) / "tiny-llava", seed=args.seed)
+        vlm = LlavaAdapter.from_pretrained(model_dir, device=args.device, dtype=args.dtype)
+    groups, diversity = (args.num_beams, 3.0) if args.paper_search else (1, 0.0)
     cfg = SearchConfig(
-        num_token_beams=args.num_beams, num_beam_groups=1, diversity_penalty=0.0,
+        num_token_beams=args.num_beams, num_beam_groups=groups, diversity_penalty=diversity,
         max_new_tokens=args.max_new_tokens, max_depth=args.max_depth, max_response_tokens=args.max_response_tokens,
     )
     prompts = load_prompts(args.num_prompts, args.seed)
     build_trees(vlm, prompts[:1], SearchConfig(**{**cfg.__dict__, "max_depth": 1}))  # warm-up
 
     ours, n_ours, t_ours = timed_build(vlm, prompts, cfg)
-    base, n_base, t_base = timed_build(PerNodeGenerate(vlm), prompts, cfg)
-    same = all([n.token_ids for n in ours[k]] == [n.token_ids for n in base[k]] for k in ours)
     print(f"model: {model_dir}  prompts: {len(prompts)}  threads: {args.threads}  cfg: {cfg}")
-    print(f"csr batched : {n_ours} nodes in {t_ours:.2f}s = {n_ours / t_ours:.1f} nodes/s")
+    print(f"csr batched : {n_ours} nodes in {t_ours:.2f}s = {n_ours / t_ours:.1f} nodes/s, "
+          f"{t_ours / len(prompts):.2f}s per prompt")
+    if args.paper_search:
+        return
+    base, n_base, t_base = timed_build(PerNodeGenerate(vlm), prompts, cfg)
+    same = all(tree_signature(ours[k]) == tree_signature(base[k]) for k in ours)
     print(f"per-node gen: {n_base} nodes in {t_base:.2f}s = {n_base / t_base:.1f} nodes/s")
     print(f"speed-up    : {(n_ours / t_ours) / (n_base / t_base):.2f}x   identical trees: {same}")
 

@@ -92,6 +92,9 @@ class DPOConfig:
             raise ValueError(
                 f"lora_target_modules: names must be identifiers, got {self.lora_target_modules!r}"
             )
+        if "lm_head" in self.lora_target_modules:
+            raise ValueError("lora_target_modules: lm_head cannot take LoRA: TRL's DPOTrainer reads the log-probs "
+                             "from lm_head.weight directly, so the adapter would never train")
         object.__setattr__(self, "lora_target_modules", tuple(self.lora_target_modules))  # lists from YAML
         if self.lora_scope and not self.lora_scope.isidentifier():
             raise ValueError(f"lora_scope: must be a module name (or empty), got {self.lora_scope!r}")

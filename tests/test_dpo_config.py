@@ -109,6 +109,7 @@ def test_image_conditioning_is_off_unless_a_weight_is_set():
         ("lora_target_modules", ()),
         ("lora_target_modules", "q_proj"),
         ("lora_target_modules", ("q_proj", "a.b")),
+        ("lora_target_modules", ("q_proj", "lm_head")),  # TRL reads lm_head.weight directly
         ("device", "tpu"),
         ("lr_scheduler", "exotic"),
         ("weight_decay", -0.1),

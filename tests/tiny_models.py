@@ -73,6 +73,27 @@ def _make_tokenizer():
 
 def make_tiny_llava(out_dir: str | Path, seed: int = 0) -> Path:
     """Build and save a tiny LLaVA-1.5-layout model + processor into `out_dir`; return the path."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model, processor = build_llava(
+        vision={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+                "projection_dim": 32},
+        text={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+              "num_key_value_heads": 2, "max_position_embeddings": 2048,
+              "initializer_range": 0.2},  # peaked enough that "." and eos get picked
+        image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, seed=seed,
+    )
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    return out_dir
+
+
+def build_llava(vision: dict, text: dict, *, image_size: int, patch_size: int, seed: int = 0,
+                device: str = "cpu", dtype: torch.dtype | None = None):
+    """A LLaVA-1.5-layout model (random weights, on `device`) and its processor, with the word-level tokenizer.
+
+    `vision` and `text` are CLIPVisionConfig and LlamaConfig fields; the vocabulary and special ids are set here.
+    """
     from transformers import (
         CLIPImageProcessor,
         CLIPVisionConfig,
@@ -82,47 +103,40 @@ def make_tiny_llava(out_dir: str | Path, seed: int = 0) -> Path:
         LlavaProcessor,
     )
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = _make_tokenizer()
     vocab = tokenizer.get_vocab()
     ids = {name: vocab[name] for name in SPECIAL_TOKENS}
-    vision_config = CLIPVisionConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, projection_dim=32,
-    )
+    vision_config = CLIPVisionConfig(image_size=image_size, patch_size=patch_size, **vision)
     text_config = LlamaConfig(
-        vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-        bos_token_id=ids["<s>"], eos_token_id=ids["</s>"], pad_token_id=ids["<pad>"],
-        tie_word_embeddings=False, initializer_range=0.2,  # peaked enough that "." and eos get picked
+        vocab_size=len(vocab), bos_token_id=ids["<s>"], eos_token_id=ids["</s>"], pad_token_id=ids["<pad>"],
+        tie_word_embeddings=False, **text,
     )
-    num_image_tokens = (IMAGE_SIZE // PATCH_SIZE) ** 2
     config = LlavaConfig(
         vision_config=vision_config, text_config=text_config, image_token_index=ids["<image>"],
-        image_seq_length=num_image_tokens, vision_feature_select_strategy="default",
+        image_seq_length=(image_size // patch_size) ** 2, vision_feature_select_strategy="default",
         vision_feature_layer=-2,
     )
     torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(config).eval()
+    with torch.device(device):
+        model = LlavaForConditionalGeneration(config).eval()
+    if dtype is not None:
+        model = model.to(dtype)
     with torch.no_grad():  # a larger "." row makes sentences end often enough for multi-level trees
         model.lm_head.weight[vocab["."]] *= DOT_LOGIT_SCALE
     generation_config = model.generation_config
     generation_config.bos_token_id = ids["<s>"]
     generation_config.eos_token_id = ids["</s>"]
     generation_config.pad_token_id = ids["<pad>"]
-    model.save_pretrained(out_dir)
 
     image_processor = CLIPImageProcessor(
-        size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
     )
     processor = LlavaProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, patch_size=PATCH_SIZE,
+        image_processor=image_processor, tokenizer=tokenizer, patch_size=patch_size,
         vision_feature_select_strategy="default", chat_template=LLAVA_CHAT_TEMPLATE,
         image_token="<image>", num_additional_image_tokens=1,
     )
-    processor.save_pretrained(out_dir)
-    return out_dir
+    return model, processor
 
 
 TINY_CLIP_CFG = {

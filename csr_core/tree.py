@@ -147,11 +147,10 @@ def tree_signature(nodes: Sequence[TreeNode]) -> list[tuple]:
     Two searches over the same model can rank equal-score siblings (diverse beam groups may find the same
     sentence twice) in a different order, e.g. on two devices; their node ids differ, their signatures don't.
     """
-    by_id = {n.node_id: n for n in nodes}
     paths: dict[int, tuple[int, ...]] = {}
     for n in nodes:  # creation order: a parent comes before its children
         paths[n.node_id] = (paths[n.parent_id] if n.parent_id is not None else ()) + n.token_ids
-    return sorted((by_id[i].depth, path, by_id[i].kept, by_id[i].finish_reason) for i, path in paths.items())
+    return sorted((n.depth, paths[n.node_id], n.kept, n.finish_reason) for n in nodes)
 
 
 def _expand(vlm, prefixes, live: list[_Live], cfg: SearchConfig, depth: int) -> list[_Live]:

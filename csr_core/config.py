@@ -78,6 +78,7 @@ class EvalConfig:
     instruction: str = "Describe the image."
     pope_splits: tuple[str, ...] = ("random", "popular", "adversarial")
     pope_per_item: int = 2
+    pope_expected: bool = True  # also POPE over the answer odds (metrics "expected_*"); greedy POPE always
     batch_size: int = 32
     seed: int = 0
 

@@ -1,8 +1,9 @@
 """Evaluation of one model on held-out items: CHAIR (greedy and sampled), POPE, relevance, length.
 
-Model access goes through two callables, so this module stays testable without models:
-`generate(images, prompts, *, do_sample, num_return_sequences, seed) -> list[list[str]]` and
-`relevance(images, texts, image_index) -> list[float]` (raw cosines).
+Model access goes through callables, so this module stays testable without models:
+`generate(images, prompts, *, do_sample, num_return_sequences, seed) -> list[list[str]]`,
+`relevance(images, texts, image_index) -> list[float]` (raw cosines) and, for POPE's expected metrics,
+`yes_probability(images, prompts) -> list[float]` (the model's odds of "Yes" against "No").
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from csr_core.metrics import (
     mean,
     mean_word_count,
     object_frequency,
+    pope_expected_metrics,
     pope_metrics,
     pope_questions,
     theme_share,
@@ -61,10 +63,12 @@ class EvalOutput:
 
 Generate = Callable[..., list[list[str]]]
 Relevance = Callable[[Sequence[Image.Image], Sequence[str], Sequence[int]], list[float]]
+YesProbability = Callable[[Sequence[Image.Image], Sequence[str]], list[float]]
+POPE_METRICS = ("accuracy", "precision", "recall", "f1", "yes_ratio")
 
 
 def evaluate_model(generate: Generate, relevance: Relevance | None, items: Sequence[EvalItem],
-                   vocab: ObjectVocab, cfg: EvalConfig) -> EvalOutput:
+                   vocab: ObjectVocab, cfg: EvalConfig, yes_probability: YesProbability | None = None) -> EvalOutput:
     metrics: list[MetricRow] = []
     responses: list[ResponseRow] = []
     images = [item.image for item in items]
@@ -77,10 +81,15 @@ def evaluate_model(generate: Generate, relevance: Relevance | None, items: Seque
         metrics += description_metrics(split, [t for _, _, t in flat], [items[i] for i, _, _ in flat], vocab,
                                        relevance, images, [i for i, _, _ in flat])
     for split in cfg.pope_splits if cfg.pope_per_item else ():
-        rows, result = _pope(generate, items, vocab, split, cfg)
+        rows, questions, images_of = _pope(generate, items, vocab, split, cfg)
         responses += rows
-        metrics += [MetricRow(split, name, getattr(result, name), result.n)
-                    for name in ("accuracy", "precision", "recall", "f1", "yes_ratio")]
+        result = pope_metrics([r.response for r in rows], [q.label for q in questions])
+        metrics += [MetricRow(split, name, getattr(result, name), result.n) for name in POPE_METRICS]
+        if cfg.pope_expected and yes_probability is not None:
+            expected = pope_expected_metrics(yes_probability(images_of, [r.question for r in rows]),
+                                             [q.label for q in questions])
+            metrics += [MetricRow(split, f"expected_{name}", getattr(expected, name), expected.n)
+                        for name in POPE_METRICS]
     return EvalOutput(metrics, responses)
 
 
@@ -121,7 +130,7 @@ def _pope(generate: Generate, items: Sequence[EvalItem], vocab: ObjectVocab, spl
                                frequency=object_frequency(pope_items), cooccur=cooccurrence(pope_items))
     by_id = {item.item_id: item for item in items}
     prompts = [q.text() for q in questions]
-    answers = [a[0] for a in generate([by_id[q.item_id].image for q in questions], prompts, do_sample=False,
-                                      num_return_sequences=1, seed=cfg.seed)]
+    images = [by_id[q.item_id].image for q in questions]
+    answers = [a[0] for a in generate(images, prompts, do_sample=False, num_return_sequences=1, seed=cfg.seed)]
     rows = [ResponseRow(q.item_id, f"pope_{split}", 0, p, q.label, a) for q, p, a in zip(questions, prompts, answers)]
-    return rows, pope_metrics(answers, [q.label for q in questions])
+    return rows, questions, images

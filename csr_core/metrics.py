@@ -234,7 +234,10 @@ def parse_yes_no(answer: str) -> bool:
 
 @dataclass(frozen=True)
 class PopeResult:
-    """POPE metrics with "yes" as the positive class. precision/recall/f1 are 0.0 when undefined."""
+    """POPE metrics with "yes" as the positive class. precision/recall/f1 are 0.0 when undefined.
+
+    The counts are whole numbers from `pope_metrics` and expected counts from `pope_expected_metrics`.
+    """
 
     accuracy: float
     precision: float
@@ -242,10 +245,10 @@ class PopeResult:
     f1: float
     yes_ratio: float
     n: int
-    tp: int
-    fp: int
-    tn: int
-    fn: int
+    tp: float
+    fp: float
+    tn: float
+    fn: float
 
 
 def pope_metrics(answers: Sequence[str], labels: Sequence[bool]) -> PopeResult:
@@ -256,14 +259,38 @@ def pope_metrics(answers: Sequence[str], labels: Sequence[bool]) -> PopeResult:
     fp = sum(p and not y for p, y in zip(predictions, labels))
     tn = sum(not p and not y for p, y in zip(predictions, labels))
     fn = sum(not p and y for p, y in zip(predictions, labels))
+    return _pope_result(tp, fp, tn, fn)
+
+
+def pope_expected_metrics(p_yes: Sequence[float], labels: Sequence[bool]) -> PopeResult:
+    """POPE metrics over the model's answer distribution instead of its greedy answers.
+
+    Each question counts as "yes" with probability p_yes (so tp is the sum of p_yes over present objects,
+    and so on); precision, recall and F1 are ratios of those expected counts. Greedy POPE turns a question
+    whose yes/no odds sit near 1 into a whole answer either way, so two nearly identical models can differ
+    by a few answers; these metrics move only as much as the odds do.
+    """
+    _check_same_length(p_yes=p_yes, labels=labels)
+    bad = [i for i, p in enumerate(p_yes) if not 0.0 <= p <= 1.0]
+    if bad:
+        raise ValueError(f"p_yes must be probabilities in [0, 1]; question {bad[0]} has {p_yes[bad[0]]!r}")
+    tp = sum(p for p, y in zip(p_yes, labels) if y)
+    fp = sum(p for p, y in zip(p_yes, labels) if not y)
+    fn = sum(1.0 - p for p, y in zip(p_yes, labels) if y)
+    tn = sum(1.0 - p for p, y in zip(p_yes, labels) if not y)
+    return _pope_result(tp, fp, tn, fn)
+
+
+def _pope_result(tp: float, fp: float, tn: float, fn: float) -> PopeResult:
+    n = round(tp + fp + tn + fn)
     precision, recall = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
     return PopeResult(
-        accuracy=_ratio(tp + tn, len(labels)),
+        accuracy=_ratio(tp + tn, n),
         precision=precision,
         recall=recall,
         f1=_ratio(2 * precision * recall, precision + recall),
-        yes_ratio=_ratio(tp + fp, len(labels)),
-        n=len(labels),
+        yes_ratio=_ratio(tp + fp, n),
+        n=n,
         tp=tp,
         fp=fp,
         tn=tn,

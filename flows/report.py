@@ -25,7 +25,8 @@ ROUND_COLUMNS = (("CHAIR_S greedy", "greedy", "chair_s", 100), ("CHAIR_I greedy"
                  ("recall greedy", "greedy", "recall", 100), ("recall sampled", "sampled", "recall", 100),
                  ("theme share", "sampled", "theme_share", 100), ("relevance", "greedy", "relevance", 1),
                  ("words", "greedy", "mean_words", 1))
-POPE_COLUMNS = tuple((f"POPE {m} {s}", s, m, 100) for s in POPE_SPLITS for m in ("accuracy", "f1"))
+POPE_COLUMNS = tuple((f"POPE {label} {s}", s, m, 100) for s in POPE_SPLITS
+                     for label, m in (("accuracy", "accuracy"), ("F1", "f1"), ("expected F1", "expected_f1")))
 # Sweep headline: (label, split, metric, relative?): relative = change / parent value, in %.
 SWEEP_COLUMNS = (("CHAIR_I sampled, rel. %", "sampled", "chair_i", True),
                  ("CHAIR_I sampled, pts", "sampled", "chair_i", False),
@@ -33,7 +34,8 @@ SWEEP_COLUMNS = (("CHAIR_I sampled, rel. %", "sampled", "chair_i", True),
                  ("CHAIR_I greedy, rel. %", "greedy", "chair_i", True),
                  ("recall sampled, pts", "sampled", "recall", False),
                  ("relevance", "greedy", "relevance", False),
-                 ("POPE F1 adversarial, pts", "adversarial", "f1", False))
+                 ("POPE F1 adversarial, pts", "adversarial", "f1", False),
+                 ("POPE expected F1 adversarial, pts", "adversarial", "expected_f1", False))
 
 
 @dataclass
@@ -196,6 +198,8 @@ def summary_markdown(data: ReportData, plots: dict[str, str] | None = None) -> s
                   ("CHAIR, recall and theme share in %, relevance = mean max(100 cos, 0) per sentence; "
                    "greedy and sampled descriptions of held-out images."), "",
                   rounds_markdown(wide, ROUND_COLUMNS), "", "## POPE by round (%)", "",
+                  ("Greedy answers, and the expected F1 over the model's odds of \"Yes\" against \"No\", "
+                   "which a near-even question cannot swing by a whole answer."), "",
                   rounds_markdown(wide, POPE_COLUMNS), ""]
         if data.n_other_evals:
             parts += [f"({data.n_other_evals} evaluations under other evaluation settings are not shown.)", ""]

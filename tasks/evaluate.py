@@ -60,8 +60,15 @@ def evaluate(db: str, cfg: EvalConfig, model_cfg: ModelConfig, runtime: RuntimeC
             return vlm.generate(images, prompts, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
                                 batch_size=cfg.batch_size, **kwargs)
 
+        def yes_probability(images, prompts):
+            try:
+                return vlm.yes_probability(images, prompts, batch_size=cfg.batch_size)
+            except ValueError as error:
+                raise ValueError(f"POPE's expected metrics: {error}; --set eval.pope_expected=false skips them") \
+                    from error
+
         out = evaluate_model(generate, clip.cosine, load_eval_items(source, image_dir, cfg.n_items),
-                             load_vocab(vocab_path), cfg)
+                             load_vocab(vocab_path), cfg, yes_probability)
         results = pd.DataFrame([{**vars(m), "model_key": model_key, "round": round_} for m in out.metrics])
         responses = pd.DataFrame([{**vars(r), "model_key": model_key} for r in out.responses])
         write_eval(store, key, results, responses)

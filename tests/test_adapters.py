@@ -85,3 +85,17 @@ def test_relevance_matches_per_pair_cosine(tiny_clip):
     assert tiny_clip.cosine(IMAGES, [], []) == []
     with pytest.raises(ValueError):
         tiny_clip.cosine(IMAGES, ["x"], [0, 1])
+
+
+def test_yes_probability_is_the_first_token_odds_and_ignores_padding(tiny_vlm):
+    vocab = tiny_vlm.tokenizer.get_vocab()
+    assert (tiny_vlm.answer_first_token("Yes"), tiny_vlm.answer_first_token("No")) == (vocab["yes"], vocab["no"])
+    prompts = ["is there a dog in the image?", "<image>\nis there a red cup on the table in this picture?"]
+    batched = tiny_vlm.yes_probability(IMAGES, prompts, batch_size=2)  # the first prompt is left-padded
+    for image, prompt, p_yes in zip(IMAGES, prompts, batched):
+        inputs = tiny_vlm._inputs([image], [prompt])
+        with torch.no_grad():
+            logits = tiny_vlm.model(**inputs).logits[0, -1]
+        odds = torch.softmax(logits[[vocab["yes"], vocab["no"]]], dim=-1)
+        assert p_yes == pytest.approx(odds[0].item(), abs=1e-5)
+    assert 0.0 < batched[0] < 1.0

@@ -13,6 +13,7 @@ from csr_core.metrics import (
     object_frequency,
     parse_yes_no,
     plural_forms,
+    pope_expected_metrics,
     pope_metrics,
     pope_questions,
     preference_accuracy,
@@ -130,6 +131,32 @@ def test_pope_metrics_hand_computed():
     assert result.recall == pytest.approx(2 / 3)
     assert result.f1 == pytest.approx(2 / 3)
     assert result.yes_ratio == pytest.approx(3 / 6)
+
+
+def test_pope_expected_metrics_hand_computed():
+    p_yes = [0.9, 0.5, 0.2, 0.1]
+    labels = [True, True, False, False]
+    # expected tp 1.4, fn 0.6, fp 0.3, tn 1.7
+    result = pope_expected_metrics(p_yes, labels)
+    assert (result.tp, result.fn, result.fp, result.tn) == pytest.approx((1.4, 0.6, 0.3, 1.7))
+    assert result.accuracy == pytest.approx(3.1 / 4)
+    assert result.precision == pytest.approx(1.4 / 1.7)
+    assert result.recall == pytest.approx(1.4 / 2.0)
+    assert result.f1 == pytest.approx(2.8 / 3.7)  # 2tp / (2tp + fp + fn)
+    assert result.yes_ratio == pytest.approx(1.7 / 4)
+    assert result.n == 4
+
+
+def test_pope_expected_metrics_of_certain_answers_equal_greedy_pope():
+    labels = [True, True, True, False, False, False]
+    answers = ["Yes.", "Yes", "No.", "There is no cat.", "Yes.", "No"]
+    certain = [1.0, 1.0, 0.0, 0.0, 1.0, 0.0]
+    assert pope_expected_metrics(certain, labels) == pope_metrics(answers, labels)
+
+
+def test_pope_expected_metrics_reject_non_probabilities():
+    with pytest.raises(ValueError, match="question 1"):
+        pope_expected_metrics([0.5, 1.5], [True, False])
 
 
 def test_pope_metrics_all_no_has_zero_precision():

@@ -113,6 +113,34 @@ class LlavaAdapter:
 
     # --- evaluation ---------------------------------------------------------------------------------------
     @torch.inference_mode()
+    def yes_probability(self, images, instructions, *, batch_size=16) -> list[float]:
+        """Per yes/no question, P(first answer token of "Yes") / (that + P(first token of "No")).
+
+        One forward pass over image + prompt; the rest of the vocabulary is left out, so the result is the
+        model's odds between the two answers POPE parses, whatever else it might have said.
+        """
+        yes, no = self.answer_first_token("Yes"), self.answer_first_token("No")
+        if yes == no:
+            raise ValueError(f'"Yes" and "No" start with the same token ({yes}); their odds are undefined')
+        probabilities: list[float] = []
+        for start in range(0, len(instructions), batch_size):
+            inputs = self._inputs(images[start : start + batch_size], instructions[start : start + batch_size])
+            positions = (inputs["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+            logits = self.model(**inputs, position_ids=positions, logits_to_keep=1).logits[:, -1, [yes, no]]
+            probabilities += torch.softmax(logits.float(), dim=-1)[:, 0].tolist()
+        return probabilities
+
+    def answer_first_token(self, word: str) -> int:
+        """The token id an answer starting with `word` begins with, right after the chat prompt."""
+        prompt = self.format_prompt("Is there a cat in the image?")
+        before = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        after = self.tokenizer(f"{prompt} {word}", add_special_tokens=False)["input_ids"]
+        if len(after) <= len(before) or after[: len(before)] != before:
+            raise ValueError(f"cannot find the first token of the answer {word!r}: the tokenizer merges it "
+                             "into the end of the chat prompt")
+        return after[len(before)]
+
+    @torch.inference_mode()
     def generate(
         self, images, instructions, *, do_sample=False, temperature=1.0, max_new_tokens=128,
         num_return_sequences=1, seed=0, batch_size=16,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from PIL import Image
 
@@ -53,6 +53,7 @@ class ResponseRow:
     question: str | None
     label: bool | None
     response: str
+    p_yes: float | None = None  # POPE: the model's odds of "Yes" against "No", when computed
 
 
 @dataclass(frozen=True)
@@ -82,14 +83,16 @@ def evaluate_model(generate: Generate, relevance: Relevance | None, items: Seque
                                        relevance, images, [i for i, _, _ in flat])
     for split in cfg.pope_splits if cfg.pope_per_item else ():
         rows, questions, images_of = _pope(generate, items, vocab, split, cfg)
-        responses += rows
-        result = pope_metrics([r.response for r in rows], [q.label for q in questions])
+        labels = [q.label for q in questions]
+        result = pope_metrics([r.response for r in rows], labels)
         metrics += [MetricRow(split, name, getattr(result, name), result.n) for name in POPE_METRICS]
         if cfg.pope_expected and yes_probability is not None:
-            expected = pope_expected_metrics(yes_probability(images_of, [r.question for r in rows]),
-                                             [q.label for q in questions])
+            p_yes = yes_probability(images_of, [r.question for r in rows])
+            expected = pope_expected_metrics(p_yes, labels)
             metrics += [MetricRow(split, f"expected_{name}", getattr(expected, name), expected.n)
                         for name in POPE_METRICS]
+            rows = [replace(row, p_yes=p) for row, p in zip(rows, p_yes)]
+        responses += rows
     return EvalOutput(metrics, responses)
 
 

@@ -50,10 +50,14 @@ def test_pope_reports_greedy_and_expected_metrics_per_split():
         assert metrics[(split, "expected_f1")] == pytest.approx(expected.f1)
         assert metrics[(split, "expected_f1")] == pytest.approx(2 * 2.4 / (2 * 2.4 + 0.9 + 0.6))
         assert metrics[(split, "expected_yes_ratio")] == pytest.approx((2.4 + 0.9) / 6)
+        assert [r.p_yes for r in rows] == [0.8 if label else 0.3 for label in labels]
+    assert all(r.p_yes is None for r in out.responses if r.task.startswith("describe"))
 
 
 def test_expected_pope_is_skipped_when_off_or_without_odds():
     for cfg, odds in ((EvalConfig(n_samples=0, pope_expected=False), yes_probability), (EvalConfig(n_samples=0), None)):
-        metrics = _metrics(evaluate_model(generate, None, ITEMS, VOCAB, cfg, odds))
+        out = evaluate_model(generate, None, ITEMS, VOCAB, cfg, odds)
+        metrics = _metrics(out)
         assert ("adversarial", "f1") in metrics
         assert not any(name.startswith("expected_") for _, name in metrics)
+        assert all(r.p_yes is None for r in out.responses)

@@ -62,6 +62,16 @@ def test_every_stage_completes_and_writes_its_artifacts(finished_run):
     assert query_rows(db, "SELECT count(*) FROM training_metrics WHERE name = 'loss'")[0][0] >= 1
 
 
+def test_pope_is_stored_greedy_and_over_the_answer_odds(finished_run):
+    db = finished_run["db"]
+    n_pope, n_odds, n_valid = query_rows(db, "SELECT count(*), count(p_yes), count(*) FILTER (p_yes BETWEEN 0 AND 1) "
+                                             "FROM eval_responses WHERE task LIKE 'pope_%'")[0]
+    assert n_pope > 0 and n_odds == n_pope == n_valid
+    assert query_rows(db, "SELECT count(p_yes) FROM eval_responses WHERE task LIKE 'describe_%'")[0][0] == 0
+    metrics = query_rows(db, "SELECT DISTINCT metric FROM eval_results WHERE split = 'adversarial'")
+    assert {"f1", "expected_f1", "expected_yes_ratio"} <= {m for (m,) in metrics}
+
+
 def test_lineage_links_the_round_model_to_its_parent_and_pairs(finished_run):
     sql = "SELECT round, parent_key, pairs_key, n_pairs FROM lineage_v WHERE round = 1"
     (row,) = query_rows(finished_run["db"], sql)

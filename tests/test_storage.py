@@ -31,6 +31,19 @@ def test_migrations_are_recorded_and_idempotent(tmp_path):
     assert {"preference_pairs_v", "tree_v", "stages_v", "lineage_v"} <= names
 
 
+def test_a_version_1_database_gains_pope_odds_and_keeps_its_rows(tmp_path):
+    path = tmp_path / "old.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at TIMESTAMP)")
+    con.execute((ROOT / "storage" / "migrations" / "001_initial.sql").read_text())
+    con.execute("INSERT INTO schema_version VALUES (1, now())")
+    con.execute("INSERT INTO eval_responses VALUES ('e', 'm', 'i', 'pope_random', 0, 'Is there a cat?', true, 'Yes.')")
+    con.close()
+    store = Store(path)
+    assert store.scalar("SELECT max(version) FROM schema_version") == SCHEMA_VERSION
+    assert store.rows("SELECT response, p_yes FROM eval_responses") == [("Yes.", None)]
+
+
 def test_item_writes_replace_their_slice_and_record_progress(tmp_path):
     store = Store(tmp_path / "a.duckdb")
     stages.begin_stage(store, "generate_candidates", "k1", {"a": 1}, {}, n_items=3)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from PIL import Image
 
@@ -81,17 +81,10 @@ def evaluate_model(generate: Generate, relevance: Relevance | None, items: Seque
         responses += [ResponseRow(items[i].item_id, f"describe_{split}", s, None, None, t) for i, s, t in flat]
         metrics += description_metrics(split, [t for _, _, t in flat], [items[i] for i, _, _ in flat], vocab,
                                        relevance, images, [i for i, _, _ in flat])
+    odds = yes_probability if cfg.pope_expected else None
     for split in cfg.pope_splits if cfg.pope_per_item else ():
-        rows, questions, images_of = _pope(generate, items, vocab, split, cfg)
-        labels = [q.label for q in questions]
-        result = pope_metrics([r.response for r in rows], labels)
-        metrics += [MetricRow(split, name, getattr(result, name), result.n) for name in POPE_METRICS]
-        if cfg.pope_expected and yes_probability is not None:
-            p_yes = yes_probability(images_of, [r.question for r in rows])
-            expected = pope_expected_metrics(p_yes, labels)
-            metrics += [MetricRow(split, f"expected_{name}", getattr(expected, name), expected.n)
-                        for name in POPE_METRICS]
-            rows = [replace(row, p_yes=p) for row, p in zip(rows, p_yes)]
+        split_metrics, rows = _pope(generate, odds, items, vocab, split, cfg)
+        metrics += split_metrics
         responses += rows
     return EvalOutput(metrics, responses)
 
@@ -127,13 +120,24 @@ def split_sentences(text: str) -> list[str]:
     return [s.strip() for s in re.findall(r"[^.!?]+[.!?]?", text) if s.strip()]
 
 
-def _pope(generate: Generate, items: Sequence[EvalItem], vocab: ObjectVocab, split: str, cfg: EvalConfig):
+def _pope(generate: Generate, yes_probability: YesProbability | None, items: Sequence[EvalItem],
+          vocab: ObjectVocab, split: str, cfg: EvalConfig) -> tuple[list[MetricRow], list[ResponseRow]]:
+    """One POPE split: greedy answers and their metrics, plus the expected metrics when odds are given."""
     pope_items = [PopeItem(item.item_id, item.objects) for item in items]
     questions = pope_questions(pope_items, vocab.objects, split, cfg.pope_per_item, cfg.seed,
                                frequency=object_frequency(pope_items), cooccur=cooccurrence(pope_items))
     by_id = {item.item_id: item for item in items}
     prompts = [q.text() for q in questions]
     images = [by_id[q.item_id].image for q in questions]
+    labels = [q.label for q in questions]
     answers = [a[0] for a in generate(images, prompts, do_sample=False, num_return_sequences=1, seed=cfg.seed)]
-    rows = [ResponseRow(q.item_id, f"pope_{split}", 0, p, q.label, a) for q, p, a in zip(questions, prompts, answers)]
-    return rows, questions, images
+    results = {"": pope_metrics(answers, labels)}
+    p_yes: list[float | None] = [None] * len(questions)
+    if yes_probability is not None:
+        p_yes = yes_probability(images, prompts)
+        results["expected_"] = pope_expected_metrics(p_yes, labels)
+    metrics = [MetricRow(split, prefix + name, getattr(result, name), result.n)
+               for prefix, result in results.items() for name in POPE_METRICS]
+    rows = [ResponseRow(q.item_id, f"pope_{split}", 0, prompt, q.label, answer, p)
+            for q, prompt, answer, p in zip(questions, prompts, answers, p_yes)]
+    return metrics, rows

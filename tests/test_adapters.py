@@ -99,3 +99,31 @@ def test_yes_probability_is_the_first_token_odds_and_ignores_padding(tiny_vlm):
         odds = torch.softmax(logits[[vocab["yes"], vocab["no"]]], dim=-1)
         assert p_yes == pytest.approx(odds[0].item(), abs=1e-5)
     assert 0.0 < batched[0] < 1.0
+
+
+def _answer_token(tokenizer, word, prompt="USER: <image>\nIs there a cat in the image? ASSISTANT:"):
+    from types import SimpleNamespace
+
+    return LlavaAdapter.answer_first_token(SimpleNamespace(format_prompt=lambda _: prompt, tokenizer=tokenizer), word)
+
+
+def test_answer_first_token_with_a_sentencepiece_style_tokenizer():
+    """Llama's tokenizers mark a word start with "▁": the answer's first token is "▁Yes", as generated."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["▁USER:", "▁<image>", "▁Is", "▁there", "▁a", "▁cat", "▁in", "▁the", "▁image?", "▁ASSISTANT:",
+             "▁Yes", "▁No"]
+    vocab = {"<unk>": 0, **{word: i + 1 for i, word in enumerate(words)}}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>")
+    assert (_answer_token(tokenizer, "Yes"), _answer_token(tokenizer, "No")) == (11, 12)
+
+
+def test_answer_first_token_refuses_a_tokenizer_that_merges_it_into_the_prompt():
+    def merging(text, add_special_tokens=False):  # one token per text: the answer never follows the prompt
+        return {"input_ids": [len(text)]}
+
+    with pytest.raises(ValueError, match="merges it"):
+        _answer_token(merging, "Yes")

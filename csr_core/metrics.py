@@ -267,7 +267,7 @@ def pope_expected_metrics(p_yes: Sequence[float], labels: Sequence[bool]) -> Pop
 
     Each question counts as "yes" with probability p_yes (so tp is the sum of p_yes over present objects,
     and so on); precision, recall and F1 are ratios of those expected counts. Greedy POPE turns a question
-    whose yes/no odds sit near 1 into a whole answer either way, so two nearly identical models can differ
+    whose yes/no odds are near even into a whole answer either way, so two nearly identical models can differ
     by a few answers; these metrics move only as much as the odds do.
     """
     _check_same_length(p_yes=p_yes, labels=labels)

@@ -259,7 +259,7 @@ def pope_metrics(answers: Sequence[str], labels: Sequence[bool]) -> PopeResult:
     fp = sum(p and not y for p, y in zip(predictions, labels))
     tn = sum(not p and not y for p, y in zip(predictions, labels))
     fn = sum(not p and y for p, y in zip(predictions, labels))
-    return _pope_result(tp, fp, tn, fn)
+    return _pope_result(tp, fp, tn, fn, len(labels))
 
 
 def pope_expected_metrics(p_yes: Sequence[float], labels: Sequence[bool]) -> PopeResult:
@@ -278,11 +278,10 @@ def pope_expected_metrics(p_yes: Sequence[float], labels: Sequence[bool]) -> Pop
     fp = sum(p for p, y in zip(p_yes, labels) if not y)
     fn = sum(1.0 - p for p, y in zip(p_yes, labels) if y)
     tn = sum(1.0 - p for p, y in zip(p_yes, labels) if not y)
-    return _pope_result(tp, fp, tn, fn)
+    return _pope_result(tp, fp, tn, fn, len(labels))
 
 
-def _pope_result(tp: float, fp: float, tn: float, fn: float) -> PopeResult:
-    n = round(tp + fp + tn + fn)
+def _pope_result(tp: float, fp: float, tn: float, fn: float, n: int) -> PopeResult:
     precision, recall = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
     return PopeResult(
         accuracy=_ratio(tp + tn, n),

@@ -11,18 +11,15 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from csr_core.world.clip import train_relevance_clip
-from csr_core.world.config import WorldConfig
-from csr_core.world.corpus import build_corpus
-from csr_core.world.scenes import generate_scenes, render_scene
-from csr_core.world.vlm import train_base_vlm
+from world.clip import train_relevance_clip
+from world.config import WorldConfig
+from world.corpus import build_corpus
+from world.scenes import generate_scenes, render_scene
+from world.vlm import train_base_vlm
 
 
 def parse_overrides(pairs: list[str]) -> dict:

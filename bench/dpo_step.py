@@ -11,7 +11,6 @@ Saves a model of LLaVA-1.5-7B's shape with random weights (bench/shapes.py) to a
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,13 +19,11 @@ import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
 
 from shapes import llava_15_7b
 
-from csr_core.dpo_config import DPOConfig
 from training.dpo import train_dpo
+from training.dpo_config import DPOConfig
 from training.pairs import PreferencePair
 
 SENTENCE = "the man is holding a red cup near the table."

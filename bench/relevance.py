@@ -11,7 +11,6 @@ for every pair. Prints pairs per second for each and the ratio.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,9 +19,6 @@ import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "bench"))
 
 from csr_core.adapters.relevance import OpenClipRelevance
 
@@ -68,7 +64,7 @@ def main() -> None:
         model_dir, scorer = f"{args.arch} (random weights)", open_clip_arch(args.arch, args.device)
     else:
         if model_dir is None:
-            from tiny_models import make_tiny_clip
+            from csr_testing.tiny_models import make_tiny_clip
 
             model_dir = make_tiny_clip(Path(tempfile.mkdtemp()) / "tiny-clip", seed=args.seed)
         scorer = OpenClipRelevance.from_pretrained(model_dir, device=args.device)

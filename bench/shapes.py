@@ -10,21 +10,15 @@ Nothing is downloaded, so the weights are random and the text is noise: these me
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 LLAVA_SHAPES = ("llava-1.5-7b",)
 
 
 def llava_15_7b(device: str = "cuda", dtype: torch.dtype = torch.bfloat16, num_layers: int = 32):
     """A `LlavaAdapter` over a LLaVA-1.5-7B-shaped model; `num_layers` < 32 makes a shallower one for smoke runs."""
-    from tiny_models import build_llava
-
     from csr_core.adapters.vlm import LlavaAdapter
+    from csr_testing.tiny_models import build_llava
 
     model, processor = build_llava(
         vision={"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24, "num_attention_heads": 16,

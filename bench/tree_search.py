@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,9 +20,6 @@ import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "bench"))
 
 from shapes import LLAVA_SHAPES, llava_15_7b
 
@@ -120,7 +116,7 @@ def main() -> None:
         vlm = llava_15_7b(args.device, getattr(torch, args.dtype or "float32"), args.layers)
     else:
         if model_dir is None:
-            from tiny_models import make_tiny_llava
+            from csr_testing.tiny_models import make_tiny_llava
 
             model_dir = make_tiny_llava(Path(tempfile.mkdtemp()) / "tiny-llava", seed=args.seed)
         vlm = LlavaAdapter.from_pretrained(model_dir, device=args.device, dtype=args.dtype)

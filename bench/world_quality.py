@@ -12,11 +12,8 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import sys
 from dataclasses import asdict
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
@@ -31,10 +28,10 @@ from csr_core.metrics import (
     pope_questions,
     theme_share,
 )
-from csr_core.world.config import WorldConfig
-from csr_core.world.corpus import absent_objects, cooccurring_absent, instruction_for, object_sentence
-from csr_core.world.scenes import generate_scenes, render_scene
-from csr_core.world.vocab import COLORS, OBJECTS, SYNONYMS, THEMES
+from world.config import WorldConfig
+from world.corpus import absent_objects, cooccurring_absent, instruction_for, object_sentence
+from world.scenes import generate_scenes, render_scene
+from world.vocab import COLORS, OBJECTS, SYNONYMS, THEMES
 
 
 def load_config(world: Path, seed: int) -> WorldConfig:

@@ -1,7 +1,7 @@
 """Config dataclasses of the stages that are not algorithm-specific.
 
 The algorithm stages keep theirs next to their code: `SearchConfig` (csr_core.tree), `RewardConfig`
-(csr_core.reward), `WorldConfig` (csr_core.world.config), `DPOConfig` (csr_core.dpo_config).
+(csr_core.reward), `WorldConfig` (world.config), `DPOConfig` (training.dpo_config).
 Every field is a plain JSON type so a config can be hashed into a stage key and stored.
 """
 from __future__ import annotations

@@ -15,11 +15,11 @@ from typing import Any
 import yaml
 
 from csr_core.config import WORLD, EvalConfig, ModelConfig, PromptConfig, RelevanceConfig, RuntimeConfig
-from csr_core.dpo_config import DPOConfig
 from csr_core.keys import plain_data
 from csr_core.reward import RewardConfig
 from csr_core.tree import SearchConfig
-from csr_core.world.config import WorldConfig
+from training.dpo_config import DPOConfig
+from world.config import WorldConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 

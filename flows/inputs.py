@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from csr_core.config import WORLD
-from csr_core.dpo_config import num_decoder_layers
 from flows.config import RunConfig
 from tasks.world import CLIP_DIR, VLM_DIR
+from training.dpo_config import num_decoder_layers
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,10 @@ from PIL import Image
 from prefect import task
 
 from csr_core.config import ModelConfig
-from csr_core.dpo_config import DPOConfig
 from storage.artifacts import append_training_metrics, model_path, read_pairs, register_model, write_training_run
 from storage.store import open_store
 from tasks.common import TASK_OPTIONS, StageSpec, run_whole_stage
+from training.dpo_config import DPOConfig
 
 
 def dpo_spec(cfg: DPOConfig, model_key: str, pairs_key: str) -> StageSpec:

@@ -13,14 +13,14 @@ import pandas as pd
 from PIL import Image
 from prefect import task
 
-from csr_core.world.config import WorldConfig
-from csr_core.world.corpus import build_corpus, instruction_for
-from csr_core.world.scenes import generate_scenes, render_scene
-from csr_core.world.vocab import OBJECTS, SYNONYMS, THEMES
 from storage import stages
 from storage.artifacts import replace_stage_rows, rows_for
 from storage.store import open_store
 from tasks.common import TASK_OPTIONS, StageSpec, TrainingProgress, file_sha256, logger, run_whole_stage
+from world.config import WorldConfig
+from world.corpus import build_corpus, instruction_for
+from world.scenes import generate_scenes, render_scene
+from world.vocab import OBJECTS, SYNONYMS, THEMES
 
 VLM_DIR = "models/vlm-base"
 CLIP_DIR = "models/clip"
@@ -57,7 +57,7 @@ def build_scenes(db: str, cfg: WorldConfig, world_dir: str) -> str:
 
 @task(name="world-vlm", **TASK_OPTIONS)
 def train_world_vlm(db: str, cfg: WorldConfig, world_dir: str, scenes_key: str, show_progress: bool = True) -> str:
-    from csr_core.world.vlm import train_base_vlm
+    from world.vlm import train_base_vlm
 
     def train(scenes, images, out_dir, progress):
         return train_base_vlm(scenes, images, build_corpus(scenes, cfg), cfg, out_dir, progress=progress)
@@ -68,7 +68,7 @@ def train_world_vlm(db: str, cfg: WorldConfig, world_dir: str, scenes_key: str, 
 
 @task(name="world-clip", **TASK_OPTIONS)
 def train_world_clip(db: str, cfg: WorldConfig, world_dir: str, scenes_key: str, show_progress: bool = True) -> str:
-    from csr_core.world.clip import train_relevance_clip
+    from world.clip import train_relevance_clip
 
     def train(scenes, images, out_dir, progress):
         return train_relevance_clip(scenes, images, cfg, out_dir, progress=progress)

@@ -1,15 +1,11 @@
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).parent))
-from tiny_models import make_tiny_clip, make_tiny_llava
-
 from csr_core.adapters.relevance import OpenClipRelevance
 from csr_core.adapters.vlm import LlavaAdapter, delimiter_token_ids
+from csr_testing.tiny_models import make_tiny_clip, make_tiny_llava
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,8 @@
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
 from csr_core.beam_search import BeamParams, diverse_beam_search
 
 VOCAB = 6
@@ -108,9 +105,8 @@ def test_params_validation():
 
 @pytest.fixture(scope="module")
 def tiny_vlm(tmp_path_factory):
-    from tiny_models import make_tiny_llava
-
     from csr_core.adapters.vlm import LlavaAdapter
+    from csr_testing.tiny_models import make_tiny_llava
 
     torch.set_num_threads(2)
     return LlavaAdapter.from_pretrained(make_tiny_llava(tmp_path_factory.mktemp("llava")))

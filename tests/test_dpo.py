@@ -6,12 +6,12 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-from tiny_models import make_tiny_llava
 from transformers import AutoProcessor, TrainerCallback
 
-from csr_core.dpo_config import DPOConfig
+from csr_testing.tiny_models import make_tiny_llava
 from training.conditional import apply_crop, crop_box
 from training.dpo import load_model_and_processor, lora_config, merge_adapter, train_dpo, trl_args
+from training.dpo_config import DPOConfig
 from training.export import export_trl
 from training.pairs import PreferencePair, trl_row
 

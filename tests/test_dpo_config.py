@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from csr_core.dpo_config import DPOConfig
+from training.dpo_config import DPOConfig
 
 
 def test_paper_preset_follows_the_papers_script():

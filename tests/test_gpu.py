@@ -11,12 +11,12 @@ import math
 import pytest
 import torch
 from PIL import Image
-from tiny_models import make_tiny_clip, make_tiny_llava
 
 from csr_core.adapters.relevance import OpenClipRelevance
 from csr_core.adapters.vlm import LlavaAdapter
-from csr_core.dpo_config import DPOConfig
 from csr_core.tree import PromptInput, SearchConfig, build_trees, tree_signature
+from csr_testing.tiny_models import make_tiny_clip, make_tiny_llava
+from training.dpo_config import DPOConfig
 
 pytestmark = pytest.mark.gpu
 

@@ -1,11 +1,8 @@
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).parent))
 from csr_core.beam_search import Candidate
 from csr_core.tree import PromptInput, SearchConfig, build_trees
 
@@ -92,9 +89,8 @@ def test_config_validation(kwargs, field):
 
 @pytest.fixture(scope="module")
 def tiny_vlm(tmp_path_factory):
-    from tiny_models import make_tiny_llava
-
     from csr_core.adapters.vlm import LlavaAdapter
+    from csr_testing.tiny_models import make_tiny_llava
 
     torch.set_num_threads(2)
     return LlavaAdapter.from_pretrained(make_tiny_llava(tmp_path_factory.mktemp("llava")))

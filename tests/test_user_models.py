@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from tiny_models import make_tiny_clip, make_tiny_llava
 
+from csr_testing.tiny_models import make_tiny_clip, make_tiny_llava
 from flows.pipeline import csr_pipeline
 from storage.store import close_all, query_rows
 

@@ -7,17 +7,17 @@ import re
 import pytest
 
 from csr_core.metrics import ObjectVocab
-from csr_core.world.config import WorldConfig
-from csr_core.world.corpus import (
+from world.config import WorldConfig
+from world.corpus import (
     build_corpus,
     clean_caption,
     cooccurring_absent,
     instruction_for,
     noisy_caption,
 )
-from csr_core.world.scenes import BACKGROUND, Scene, SceneObject, generate_scenes, render_scene, scene_rng
-from csr_core.world.tokenizer import build_tokenizer
-from csr_core.world.vocab import COLORS, INSTRUCTIONS, OBJECTS, SYNONYMS, THEME_OF, THEMES
+from world.scenes import BACKGROUND, Scene, SceneObject, generate_scenes, render_scene, scene_rng
+from world.tokenizer import build_tokenizer
+from world.vocab import COLORS, INSTRUCTIONS, OBJECTS, SYNONYMS, THEME_OF, THEMES
 
 CFG = WorldConfig(n_train_scenes=60, n_pool_scenes=10, n_eval_scenes=20)
 VOCAB = ObjectVocab(SYNONYMS)

@@ -10,11 +10,11 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoProcessor, LlavaForConditionalGeneration
 
-from csr_core.world.clip import train_relevance_clip
-from csr_core.world.config import WorldConfig
-from csr_core.world.corpus import build_corpus
-from csr_core.world.scenes import generate_scenes, render_scene
-from csr_core.world.vlm import answer_probe_loss, answer_probes, encode_example, n_image_tokens, train_base_vlm
+from world.clip import train_relevance_clip
+from world.config import WorldConfig
+from world.corpus import build_corpus
+from world.scenes import generate_scenes, render_scene
+from world.vlm import answer_probe_loss, answer_probes, encode_example, n_image_tokens, train_base_vlm
 
 CFG = WorldConfig.tiny()
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from csr_core.dpo_config import DPOConfig, num_decoder_layers
+from training.dpo_config import DPOConfig, num_decoder_layers
 from training.pairs import PreferencePair, trl_dataset
 
 STEP_METRICS = (

@@ -24,7 +24,7 @@ from safetensors.torch import save_file
 from .config import WorldConfig
 from .corpus import absent_objects, cooccurring_absent, object_sentence
 from .scenes import Scene
-from .vlm import Images, Progress, _pool_cells, _set_lr, cell_targets
+from .training import Images, Progress, cell_targets, pool_cells, warmup_cosine_lr
 from .vocab import COLORS
 
 MEAN = (0.5, 0.5, 0.5)
@@ -94,10 +94,10 @@ def _pretrain_visual(model, pixels: torch.Tensor, scenes: Sequence[Scene], cfg: 
     model.visual.output_tokens = True
     loss_value = float("nan")
     for step in range(cfg.clip_pretrain_steps):
-        _set_lr(optimizer, cfg.clip_lr, step, cfg.clip_pretrain_steps)
+        warmup_cosine_lr(optimizer, cfg.clip_lr, step, cfg.clip_pretrain_steps)
         batch = torch.randint(len(scenes), (cfg.clip_batch_size,), generator=generator)
         _, tokens = model.visual(pixels[batch])
-        cells = _pool_cells(tokens, cfg)
+        cells = pool_cells(tokens, cfg)
         loss = F.cross_entropy(heads["name"](cells).flatten(0, 1), names[batch].flatten())
         loss = loss + F.cross_entropy(heads["color"](cells).flatten(0, 1), colors[batch].flatten(), ignore_index=-100)
         optimizer.zero_grad(set_to_none=True)
@@ -117,7 +117,7 @@ def _train(model, tokenizer, pixels: torch.Tensor, scenes: Sequence[Scene], cfg:
     model.train()
     loss_value = float("nan")
     for step in range(cfg.clip_steps):
-        _set_lr(optimizer, cfg.clip_lr, step, cfg.clip_steps)
+        warmup_cosine_lr(optimizer, cfg.clip_lr, step, cfg.clip_steps)
         batch = rng.sample(range(len(scenes)), min(cfg.clip_batch_size, len(scenes)))
         batch_scenes = [scenes[i] for i in batch]
         triples = _batch_texts(batch_scenes, rng)

@@ -23,14 +23,12 @@ loads exactly like ``llava-hf/llava-1.5-7b-hf``.
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from transformers import (
     CLIPImageProcessor,
     CLIPVisionConfig,
@@ -44,10 +42,9 @@ from .config import WorldConfig
 from .corpus import Example
 from .scenes import Scene
 from .tokenizer import CHAT_TEMPLATE, build_tokenizer
+from .training import Images, Progress, cell_targets, pool_cells, warmup_cosine_lr
 from .vocab import COLORS, OBJECTS
 
-Images = Mapping[str, Image.Image] | Callable[[Scene], Image.Image]
-Progress = Callable[[str, int, int, float], None] | None
 IMAGE_MEAN = (0.5, 0.5, 0.5)
 IMAGE_STD = (0.5, 0.5, 0.5)
 VISION_FEATURE_LAYER = -1
@@ -128,19 +125,6 @@ def pixel_values(processor: LlavaProcessor, scenes: Sequence[Scene], images: Ima
 
 # ---- stage 1: vision tower pretraining on cell classification ----------------------------------
 
-def cell_targets(scenes: Sequence[Scene], cfg: WorldConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per cell: object class (len(OBJECTS) = empty) and colour (-100 where empty), and the
-    per-image multi-hot presence of each class."""
-    cells = cfg.grid**2
-    names = torch.full((len(scenes), cells), len(OBJECTS), dtype=torch.long)
-    colors = torch.full((len(scenes), cells), -100, dtype=torch.long)
-    color_ids = {c: i for i, c in enumerate(COLORS)}
-    for i, scene in enumerate(scenes):
-        for obj in scene.objects:
-            names[i, obj.cell] = OBJECTS.index(obj.name)
-            colors[i, obj.cell] = color_ids[obj.color]
-    present = F.one_hot(names, len(OBJECTS) + 1)[..., :-1].amax(dim=1).float()
-    return names, colors, present
 
 
 def _image_features(model: LlavaForConditionalGeneration, pixels: torch.Tensor) -> torch.Tensor:
@@ -149,12 +133,6 @@ def _image_features(model: LlavaForConditionalGeneration, pixels: torch.Tensor) 
     return out.hidden_states[VISION_FEATURE_LAYER]
 
 
-def _pool_cells(patches: torch.Tensor, cfg: WorldConfig) -> torch.Tensor:
-    side = cfg.image_size // cfg.patch_size
-    per_cell = side // cfg.grid
-    b, _, d = patches.shape
-    grid = patches.reshape(b, cfg.grid, per_cell, cfg.grid, per_cell, d)
-    return grid.mean(dim=(2, 4)).reshape(b, cfg.grid**2, d)
 
 
 def pretrain_vision(model: LlavaForConditionalGeneration, pixels: torch.Tensor, scenes: Sequence[Scene],
@@ -170,10 +148,10 @@ def pretrain_vision(model: LlavaForConditionalGeneration, pixels: torch.Tensor, 
     tower.train()
     loss_value, accuracy = float("nan"), float("nan")
     for step in range(cfg.vision_pretrain_steps):
-        _set_lr(optimizer, cfg.vision_pretrain_lr, step, cfg.vision_pretrain_steps)
+        warmup_cosine_lr(optimizer, cfg.vision_pretrain_lr, step, cfg.vision_pretrain_steps)
         batch = torch.randint(len(scenes), (cfg.batch_size * 2,), generator=generator)
         features = _image_features(model, pixels[batch])
-        cells = _pool_cells(features[:, 1:], cfg)
+        cells = pool_cells(features[:, 1:], cfg)
         name_logits, color_logits = heads["name"](cells), heads["color"](cells)
         loss = F.cross_entropy(name_logits.flatten(0, 1), names[batch].flatten())
         loss = loss + F.cross_entropy(color_logits.flatten(0, 1), colors[batch].flatten(), ignore_index=-100)
@@ -240,7 +218,7 @@ def supervised_finetune(model: LlavaForConditionalGeneration, processor: LlavaPr
     model.train()
     loss_value, probe_value = float("nan"), float("nan")
     for step in range(cfg.sft_steps):
-        _set_lr(optimizer, cfg.sft_lr, step, cfg.sft_steps)
+        warmup_cosine_lr(optimizer, cfg.sft_lr, step, cfg.sft_steps)
         batch = torch.randint(len(corpus), (cfg.batch_size,), generator=generator).tolist()
         input_ids, attention, loss_weight = _collate([encoded[i] for i in batch], [weights[i] for i in batch],
                                                      processor.tokenizer.pad_token_id)
@@ -287,15 +265,3 @@ def answer_probe_loss(probes: torch.nn.ModuleDict, hidden: torch.Tensor, present
     the asked object's index: the two facts a yes/no answer is the conjunction of."""
     image = F.binary_cross_entropy_with_logits(probes["image"](hidden), present)
     return image + F.cross_entropy(probes["question"](hidden), subject)
-
-
-def _set_lr(optimizer: torch.optim.Optimizer, peak: float, step: int, total: int) -> None:
-    """Linear warmup over the first 5% of steps, then cosine decay to 10% of peak."""
-    warmup = max(1, total // 20)
-    if step < warmup:
-        lr = peak * (step + 1) / warmup
-    else:
-        progress = (step - warmup) / max(1, total - warmup)
-        lr = peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-    for group in optimizer.param_groups:
-        group["lr"] = lr

@@ -1,0 +1,1 @@
+"""Builders of tiny models from config (random weights, offline tokenizers) for tests and benchmarks."""

@@ -24,17 +24,17 @@ from shapes import llava_15_7b
 
 from training.dpo import train_dpo
 from training.dpo_config import DPOConfig
-from training.pairs import PreferencePair
+from training.pairs import DPOExample
 
 SENTENCE = "the man is holding a red cup near the table."
 
 
-def synthetic_pairs(n: int, seed: int) -> list[PreferencePair]:
+def synthetic_pairs(n: int, seed: int) -> list[DPOExample]:
     gen = torch.Generator().manual_seed(seed)
     pairs = []
     for _ in range(n):
         pixels = (torch.rand(336, 336, 3, generator=gen) * 255).to(torch.uint8).numpy()
-        pairs.append(PreferencePair(image=Image.fromarray(pixels), prompt="<image>\nDescribe this image in detail.",
+        pairs.append(DPOExample(image=Image.fromarray(pixels), prompt="<image>\nDescribe this image in detail.",
                                     chosen=" ".join([SENTENCE] * 6), rejected=" ".join([SENTENCE] * 7)))
     return pairs
 

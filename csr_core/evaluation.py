@@ -27,6 +27,7 @@ from csr_core.metrics import (
     pope_questions,
     theme_share,
 )
+from csr_core.reward import relevance_reward
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,7 @@ def response_relevance(relevance: Relevance, images: Sequence[Image.Image], text
     flat = [s for per in sentences for s in per]
     owner = [image_index[i] for i, per in enumerate(sentences) for _ in per]
     cosines = iter(relevance(images, flat, owner) if flat else [])
-    return [mean([max(100.0 * next(cosines), 0.0) for _ in per]) for per in sentences]
+    return [mean([relevance_reward(next(cosines)) for _ in per]) for per in sentences]
 
 
 def split_sentences(text: str) -> list[str]:

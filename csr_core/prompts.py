@@ -28,11 +28,12 @@ def parse_pool(rows: Sequence[Any]) -> tuple[list[PoolPrompt], dict[str, str]]:
             invalid[row_id] = reason
             continue
         seen.add(row_id)
-        valid.append(PoolPrompt(row_id, str(row["image"]), clean_instruction(row["input"])))
+        valid.append(PoolPrompt(row_id, str(row["image"]), without_image_placeholder(row["input"])))
     return valid, invalid
 
 
-def clean_instruction(text: str) -> str:
+def without_image_placeholder(text: str) -> str:
+    """The instruction without LLaVA's `<image>` placeholder: the adapter (or TRL) places the image itself."""
     return text.replace(IMAGE_PLACEHOLDER, "").strip()
 
 
@@ -63,7 +64,7 @@ def _row_problem(row: Any, seen: set[str]) -> str | None:
     for name in ("id", "image", "input"):
         if name not in row:
             return f"missing field '{name}'"
-    if not isinstance(row["input"], str) or not clean_instruction(row["input"]):
+    if not isinstance(row["input"], str) or not without_image_placeholder(row["input"]):
         return "empty instruction"
     if not isinstance(row["image"], str) or not row["image"].strip():
         return "empty image name"

@@ -4,11 +4,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image
-
 from storage.artifacts import read_pairs
 from storage.reports import newest_pairs_key
 from storage.store import Store
+from tasks.io import dpo_examples
 
 FORMATS = ("trl",)
 
@@ -23,7 +22,6 @@ class Exported:
 def export_pairs(db: str, out_path: str | Path, pairs_key: str | None = None, fmt: str = "trl") -> Exported:
     """Write the pairs of `pairs_key` (default: the newest pairs stage) as a TRL preference dataset (Parquet)."""
     from training.export import export_trl
-    from training.pairs import PreferencePair
 
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
@@ -37,10 +35,6 @@ def export_pairs(db: str, out_path: str | Path, pairs_key: str | None = None, fm
         store.close()
     if rows.empty:
         raise LookupError(f"no preference pairs under {key} in {db}")
-    pairs = [PreferencePair(_rgb(r.image_path), r.instruction, r.chosen, r.rejected) for r in rows.itertuples()]
+    pairs = dpo_examples(rows)
     return Exported(export_trl(pairs, out_path), key, len(pairs))
 
-
-def _rgb(path: str) -> Image.Image:
-    with Image.open(path) as image:
-        return image.convert("RGB")

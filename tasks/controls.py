@@ -20,7 +20,7 @@ from storage.reports import read_path_rewards
 from storage.store import open_store
 from tasks.calibrate import _pair_row
 from tasks.common import TASK_OPTIONS, StageSpec, file_sha256, logger, run_whole_stage
-from tasks.evaluate import load_vocab, pool_truth
+from tasks.io import load_vocab, pool_truth
 
 CONTROL_LAM = -1.0  # `lam` of control pairs: no λ mix chose them
 

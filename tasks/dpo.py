@@ -3,13 +3,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PIL import Image
 from prefect import task
 
 from csr_core.config import ModelConfig
 from storage.artifacts import append_training_metrics, model_path, read_pairs, register_model, write_training_run
 from storage.store import open_store
 from tasks.common import TASK_OPTIONS, StageSpec, run_whole_stage
+from tasks.io import dpo_examples
 from training.dpo_config import DPOConfig
 
 
@@ -22,7 +22,6 @@ def dpo_finetune(db: str, cfg: DPOConfig, model_cfg: ModelConfig, model_key: str
                  data_dir: str, round_: int) -> str:
     """Train, merge and register the round's model; returns its model key (= this stage's key)."""
     from training.dpo import merge_adapter, train_dpo
-    from training.pairs import PreferencePair
 
     store = open_store(db)
     spec = dpo_spec(cfg, model_key, pairs_key)
@@ -32,7 +31,7 @@ def dpo_finetune(db: str, cfg: DPOConfig, model_cfg: ModelConfig, model_key: str
         rows = read_pairs(store, pairs_key)
         if rows.empty:
             raise ValueError(f"no preference pairs in {pairs_key}: nothing to train on")
-        pairs = [PreferencePair(_rgb(r.image_path), r.instruction, r.chosen, r.rejected) for r in rows.itertuples()]
+        pairs = dpo_examples(rows)
         result = train_dpo(model_dir, pairs, cfg, run_dir, trust_remote_code=model_cfg.trust_remote_code,
                            on_log=lambda m: append_training_metrics(store, key, int(m.pop("step")), m))
         merged = merge_adapter(model_dir, result.adapter_dir, run_dir / "model",
@@ -46,7 +45,3 @@ def dpo_finetune(db: str, cfg: DPOConfig, model_cfg: ModelConfig, model_key: str
         raise FileNotFoundError(f"model {spec.key} is registered at {model_path(store, spec.key)}, which is gone")
     return run_whole_stage(store, spec, work)
 
-
-def _rgb(path: str) -> Image.Image:
-    with Image.open(path) as image:
-        return image.convert("RGB")

@@ -1,43 +1,19 @@
 """Stage 6, evaluate: hallucination and relevance of one model on held-out items; pair accuracy."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
-from PIL import Image
 from prefect import task
 
 from csr_core.config import EvalConfig, ModelConfig, RuntimeConfig
-from csr_core.evaluation import EvalItem, evaluate_model
-from csr_core.metrics import ObjectVocab, preference_accuracy
+from csr_core.evaluation import evaluate_model
+from csr_core.metrics import preference_accuracy
 from storage.artifacts import read_pairs, replace_stage_rows, write_eval
 from storage.store import open_store
 from tasks.common import TASK_OPTIONS, StageSpec, file_sha256, run_whole_stage
+from tasks.io import load_eval_items, load_vocab, pool_truth
 from tasks.models import load_relevance, load_vlm
-
-
-def load_vocab(path: str) -> ObjectVocab:
-    data = json.loads(Path(path).read_text())
-    return ObjectVocab({name: tuple(forms) for name, forms in data.items()})
-
-
-def pool_truth(pool_file: str) -> dict[str, list[str]]:
-    """Ground-truth objects per prompt id of a pool that has them (the world's pool.json does); else {}."""
-    if not Path(pool_file).is_file():
-        return {}
-    rows = json.loads(Path(pool_file).read_text())
-    return {str(r["id"]): r["objects"] for r in rows if isinstance(r, dict) and "objects" in r}
-
-
-def load_eval_items(source: str, image_dir: str, n_items: int) -> list[EvalItem]:
-    rows = json.loads(Path(source).read_text())[:n_items]
-    items = []
-    for row in rows:
-        with Image.open(Path(image_dir) / row["image"]) as image:
-            items.append(EvalItem(str(row["id"]), image.convert("RGB"), frozenset(row["objects"]),
-                                  frozenset(row.get("theme_objects", ()))))
-    return items
 
 
 def evaluate_spec(cfg: EvalConfig, source: str, vocab: str, model_key: str, scorer_key: str) -> StageSpec:

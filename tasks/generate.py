@@ -4,7 +4,6 @@ from __future__ import annotations
 from dataclasses import asdict
 
 import pandas as pd
-from PIL import Image
 from prefect import task
 
 from csr_core.config import ModelConfig, RuntimeConfig
@@ -13,6 +12,7 @@ from csr_core.tree import PromptInput, SearchConfig, build_trees
 from storage.artifacts import read_prompts
 from storage.store import open_store
 from tasks.common import TASK_OPTIONS, ChunkResult, StageSpec, run_item_stage
+from tasks.io import load_images
 from tasks.models import load_relevance, load_vlm
 
 NODE_COLUMNS = ["prompt_id", "node_id", "parent_id", "depth", "text", "token_count", "logprob_sum", "score",
@@ -53,19 +53,6 @@ def generate_candidates(db: str, search: SearchConfig, reward: RewardConfig, mod
 
     return run_item_stage(store, spec, table="tree_nodes", items=list(prompts.index), process=process,
                           chunk_size=runtime.chunk_size, setup=setup, show_progress=runtime.progress)
-
-
-def load_images(prompts: pd.DataFrame, chunk: list[str]) -> tuple[dict[str, Image.Image], dict[str, str]]:
-    """RGB images of a chunk's prompts; an unreadable one becomes a recorded failure, not a crash."""
-    images, failed = {}, {}
-    for pid in chunk:
-        path = prompts.loc[pid, "image_path"]
-        try:
-            with Image.open(path) as image:
-                images[pid] = image.convert("RGB")
-        except Exception as exc:
-            failed[pid] = f"cannot read image {path}: {type(exc).__name__}: {exc}"
-    return images, failed
 
 
 def _load_inputs(prompts: pd.DataFrame, chunk: list[str]) -> tuple[list[PromptInput], dict[str, str]]:

@@ -8,7 +8,7 @@ from csr_core.config import RelevanceConfig, RuntimeConfig
 from storage.artifacts import read_prompts, read_tree
 from storage.store import open_store
 from tasks.common import TASK_OPTIONS, ChunkResult, StageSpec, run_item_stage
-from tasks.generate import load_images
+from tasks.io import load_images
 from tasks.models import load_relevance
 
 COLUMNS = ["tree_key", "prompt_id", "node_id", "scorer", "cosine"]

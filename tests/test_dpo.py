@@ -13,7 +13,7 @@ from training.conditional import apply_crop, crop_box
 from training.dpo import load_model_and_processor, lora_config, merge_adapter, train_dpo, trl_args
 from training.dpo_config import DPOConfig
 from training.export import export_trl
-from training.pairs import PreferencePair, trl_row
+from training.pairs import DPOExample, trl_row
 
 COLOURS = ("red", "blue", "green", "white")
 FAST = DPOConfig.world().with_overrides(batch_size=2, max_length=96, save_steps=1, learning_rate=1e-3)
@@ -28,7 +28,7 @@ def tiny_llava(tmp_path_factory):
 @pytest.fixture(scope="module")
 def pairs():
     return [
-        PreferencePair(
+        DPOExample(
             image=Image.new("RGB", (20, 16), colour),
             prompt="<image>\nDescribe the image in detail.",
             chosen=f"a {colour} wall and a dog.",
@@ -90,7 +90,7 @@ def test_interrupted_training_resumes_from_last_checkpoint(tiny_llava, pairs, tm
     cfg = FAST.with_overrides(max_steps=4)
     if mdpo:  # the crops must repeat on resume for the weights to match
         cfg = cfg.with_overrides(image_condition_weight=1.0, anchor_weight=1.0)
-        pairs = [PreferencePair(_quartered(c), p.prompt, p.chosen, p.rejected) for c, p in zip(COLOURS, pairs)]
+        pairs = [DPOExample(_quartered(c), p.prompt, p.chosen, p.rejected) for c, p in zip(COLOURS, pairs)]
     straight = train_dpo(tiny_llava, pairs, cfg, tmp_path / "straight")
 
     with pytest.raises(KeyboardInterrupt):
@@ -204,7 +204,7 @@ def test_dpo_sees_where_each_response_stops(tiny_llava, pairs, tmp_path):
 
 
 def test_trl_rows_close_responses_with_eos_once():
-    pair = PreferencePair(Image.new("RGB", (4, 4)), "<image>\nDescribe.", chosen="a cat.", rejected="a dog.</s>")
+    pair = DPOExample(Image.new("RGB", (4, 4)), "<image>\nDescribe.", chosen="a cat.", rejected="a dog.</s>")
     row = trl_row(pair, eos_token="</s>")
     assert row["chosen"][0]["content"] == "a cat.</s>" and row["rejected"][0]["content"] == "a dog.</s>"
     assert trl_row(pair)["chosen"][0]["content"] == "a cat."
@@ -228,7 +228,7 @@ def _quartered(colour: str) -> Image.Image:
 
 def test_image_conditioned_training_learns_to_prefer_the_real_image(tiny_llava, pairs, tmp_path):
     cfg = FAST.with_overrides(max_steps=6, image_condition_weight=1.0, learning_rate=5e-3)
-    quartered = [PreferencePair(_quartered(c), p.prompt, p.chosen, p.rejected) for c, p in zip(COLOURS, pairs)]
+    quartered = [DPOExample(_quartered(c), p.prompt, p.chosen, p.rejected) for c, p in zip(COLOURS, pairs)]
     logs = []
     train_dpo(tiny_llava, quartered, cfg, tmp_path, on_log=logs.append)
     assert logs[-1]["rewards/image_margins"] > 0.05

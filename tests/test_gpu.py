@@ -79,7 +79,7 @@ def test_bfloat16_dpo_on_cuda_trains_merges_and_reloads(llava_dir, tmp_path):
     from transformers import TrainerCallback
 
     from training.dpo import merge_adapter, train_dpo
-    from training.pairs import PreferencePair
+    from training.pairs import DPOExample
 
     class WhereTrained(TrainerCallback):
         seen: tuple = ()
@@ -89,7 +89,7 @@ def test_bfloat16_dpo_on_cuda_trains_merges_and_reloads(llava_dir, tmp_path):
             base = next(p for p in model.parameters() if not p.requires_grad)
             WhereTrained.seen = (weight.device.type, base.dtype)
 
-    pairs = [PreferencePair(image=Image.new("RGB", (20, 16), colour), prompt="<image>\nDescribe the image.",
+    pairs = [DPOExample(image=Image.new("RGB", (20, 16), colour), prompt="<image>\nDescribe the image.",
                             chosen="a red wall.", rejected="a dog and a cat on a bus near a tree.")
              for colour in COLOURS]
     cfg = DPOConfig.paper().with_overrides(device="cuda", bf16=True, max_steps=2, batch_size=2, learning_rate=1e-3,

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from csr_core.config import PromptConfig
-from csr_core.prompts import clean_instruction, parse_pool, sample_round
+from csr_core.prompts import parse_pool, sample_round, without_image_placeholder
 from storage.artifacts import read_prompts
 from storage.store import close_all, open_store
 from tasks.prompts import pool_fingerprint, sample_prompts
@@ -30,7 +30,7 @@ def test_malformed_rows_are_named_with_their_reason():
     assert [p.prompt_id for p in valid] == ["a"] and valid[0].instruction == "Describe."
     assert invalid == {"b": "missing field 'input'", "a": "duplicate id", "row-3": "not an object: 'junk'",
                        "d": "empty instruction"}
-    assert clean_instruction("What is this?\n<image>") == "What is this?"
+    assert without_image_placeholder("What is this?\n<image>") == "What is this?"
 
 
 def test_rounds_draw_disjoint_prompts_until_the_pool_runs_out():

@@ -21,7 +21,7 @@ import torch
 from transformers import TrainerCallback
 
 from training.dpo_config import DPOConfig, num_decoder_layers
-from training.pairs import PreferencePair, trl_dataset
+from training.pairs import DPOExample, trl_dataset
 
 STEP_METRICS = (
     "loss",
@@ -72,7 +72,7 @@ class _StepLogger(TrainerCallback):
 
 def train_dpo(
     model_dir: str | Path,
-    pairs: Sequence[PreferencePair],
+    pairs: Sequence[DPOExample],
     cfg: DPOConfig,
     out_dir: str | Path,
     *,

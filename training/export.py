@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from training.pairs import PreferencePair, trl_dataset
+from training.pairs import DPOExample, trl_dataset
 
 
-def export_trl(records: Sequence[PreferencePair], out_path: str | Path, eos_token: str = "") -> Path:
+def export_trl(records: Sequence[DPOExample], out_path: str | Path, eos_token: str = "") -> Path:
     """Write `records` to `out_path` (a .parquet file), atomically; return the path."""
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)

@@ -7,12 +7,12 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-IMAGE_PLACEHOLDER = "<image>"
+from csr_core.prompts import without_image_placeholder
 
 
 @dataclass(frozen=True)
-class PreferencePair:
-    """One selected pair: the image, the user's instruction, and the chosen and rejected responses."""
+class DPOExample:
+    """One DPO training example from a selected pair: image, instruction, chosen and rejected responses."""
 
     image: Image.Image
     prompt: str
@@ -20,12 +20,7 @@ class PreferencePair:
     rejected: str
 
 
-def instruction_text(prompt: str) -> str:
-    """The instruction without LLaVA's `<image>` placeholder: TRL inserts the image itself."""
-    return prompt.replace(IMAGE_PLACEHOLDER, "").strip()
-
-
-def trl_row(pair: PreferencePair, eos_token: str = "") -> dict:
+def trl_row(pair: DPOExample, eos_token: str = "") -> dict:
     """TRL's conversational vision preference format: string contents; TRL puts the image before the text.
 
     `eos_token` closes both responses. TRL adds no EOS to conversational rows and llava-1.5's chat template
@@ -34,7 +29,7 @@ def trl_row(pair: PreferencePair, eos_token: str = "") -> dict:
     """
     return {
         "images": [pair.image.convert("RGB")],
-        "prompt": [{"role": "user", "content": instruction_text(pair.prompt)}],
+        "prompt": [{"role": "user", "content": without_image_placeholder(pair.prompt)}],
         "chosen": [{"role": "assistant", "content": _closed(pair.chosen, eos_token)}],
         "rejected": [{"role": "assistant", "content": _closed(pair.rejected, eos_token)}],
     }
@@ -44,7 +39,7 @@ def _closed(response: str, eos_token: str) -> str:
     return response if not eos_token or response.endswith(eos_token) else response + eos_token
 
 
-def trl_dataset(pairs: Sequence[PreferencePair], eos_token: str = "", crop_boxes: Sequence[list[float]] = ()):
+def trl_dataset(pairs: Sequence[DPOExample], eos_token: str = "", crop_boxes: Sequence[list[float]] = ()):
     """A `datasets.Dataset` of TRL rows, with images typed as the `Image` feature; `crop_boxes` (one per pair)
     add a `crop_box` column for the image-conditional DPO term."""
     from datasets import Dataset, List

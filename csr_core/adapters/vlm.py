@@ -17,9 +17,9 @@ import torch
 from PIL import Image
 
 from csr_core.beam_search import BeamParams, Candidate, diverse_beam_search
+from csr_core.prompts import without_image_placeholder
 
 FALLBACK_TEMPLATE = "USER: <image>\n{text} ASSISTANT:"
-IMAGE_TOKEN = "<image>"
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ class LlavaAdapter:
     # --- prompts -------------------------------------------------------------------------------------------
     def format_prompt(self, instruction: str) -> str:
         """Chat-templated prompt text with the image token, ending where the assistant's answer starts."""
-        text = instruction.replace(IMAGE_TOKEN, "").strip()
+        text = without_image_placeholder(instruction)
         if getattr(self.processor, "chat_template", None):
             messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
             return self.processor.apply_chat_template(messages, add_generation_prompt=True)

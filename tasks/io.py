@@ -1,0 +1,57 @@
+"""Reading the user's files for the stages: images (as RGB), ground truth, eval items, DPO examples.
+
+An unreadable prompt image becomes a recorded failure of its item, not a crash of the stage.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+from PIL import Image
+
+from csr_core.evaluation import EvalItem
+from csr_core.metrics import ObjectVocab
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
+def load_images(prompts: pd.DataFrame, chunk: list[str]) -> tuple[dict[str, Image.Image], dict[str, str]]:
+    """RGB images of a chunk's prompts, and {prompt id: reason} for those that cannot be read."""
+    images, failed = {}, {}
+    for pid in chunk:
+        path = prompts.loc[pid, "image_path"]
+        try:
+            images[pid] = load_rgb(path)
+        except Exception as exc:
+            failed[pid] = f"cannot read image {path}: {type(exc).__name__}: {exc}"
+    return images, failed
+
+
+def load_vocab(path: str) -> ObjectVocab:
+    data = json.loads(Path(path).read_text())
+    return ObjectVocab({name: tuple(forms) for name, forms in data.items()})
+
+
+def pool_truth(pool_file: str) -> dict[str, list[str]]:
+    """Ground-truth objects per prompt id of a pool that has them (the world's pool.json does); else {}."""
+    if not Path(pool_file).is_file():
+        return {}
+    rows = json.loads(Path(pool_file).read_text())
+    return {str(r["id"]): r["objects"] for r in rows if isinstance(r, dict) and "objects" in r}
+
+
+def load_eval_items(source: str, image_dir: str, n_items: int) -> list[EvalItem]:
+    rows = json.loads(Path(source).read_text())[:n_items]
+    return [EvalItem(str(row["id"]), load_rgb(Path(image_dir) / row["image"]), frozenset(row["objects"]),
+                     frozenset(row.get("theme_objects", ()))) for row in rows]
+
+
+def dpo_examples(pairs: pd.DataFrame) -> list:
+    """The stored pairs (`read_pairs` rows) as DPO examples with their images loaded."""
+    from training.pairs import DPOExample
+
+    return [DPOExample(load_rgb(r.image_path), r.instruction, r.chosen, r.rejected) for r in pairs.itertuples()]

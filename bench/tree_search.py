@@ -48,7 +48,7 @@ class PerNodeGenerate:
     def search_sentences(self, prefixes, responses, max_new_tokens, params):
         out = []
         for (image, instruction), response, budget in zip(prefixes, responses, max_new_tokens):
-            inputs = self.vlm._inputs([image], [instruction])
+            inputs = self.vlm.model_inputs([image], [instruction])
             tail = torch.tensor([list(response)], dtype=torch.long, device=inputs["input_ids"].device)
             inputs["input_ids"] = torch.cat([inputs["input_ids"], tail], dim=1)
             inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])

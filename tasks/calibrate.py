@@ -9,7 +9,7 @@ import math
 import pandas as pd
 from prefect import task
 
-from csr_core.reward import RewardConfig, ScoredNode, score_paths, select_pair
+from csr_core.reward import PreferencePair, RewardConfig, ScoredNode, score_paths, select_pair
 from storage.artifacts import read_prompts, read_scored_tree, write_pairs
 from storage.store import open_store
 from tasks.common import TASK_OPTIONS, StageSpec, logger, run_whole_stage
@@ -36,7 +36,7 @@ def calibrate_select(db: str, reward: RewardConfig, tree_key: str, relevance_key
             if pair is None:
                 logger().info("prompt %s: fewer than two complete paths, no pair", prompt_id)
                 continue
-            pair_rows.append(_pair_row(prompt_id, int(rounds[prompt_id]), prompts_key, pair, reward))
+            pair_rows.append(pair_row(prompt_id, int(rounds[prompt_id]), prompts_key, pair, reward.lam, reward.mode))
         write_pairs(store, key, pd.DataFrame(path_rows), pd.DataFrame(pair_rows))
 
     return run_whole_stage(store, spec, work)
@@ -56,8 +56,9 @@ def _path_row(prompt_id: str, path) -> dict:
             "relevance_term": path.relevance_term, "reward": path.reward}
 
 
-def _pair_row(prompt_id: str, round_: int, prompts_key: str, pair, reward: RewardConfig) -> dict:
-    return {"prompts_key": prompts_key, "prompt_id": prompt_id, "round": round_, "lam": reward.lam,
-            "mode": reward.mode, "chosen": pair.chosen.text, "rejected": pair.rejected.text,
+def pair_row(prompt_id: str, round_: int, prompts_key: str, pair: PreferencePair, lam: float, mode: str) -> dict:
+    """A `preference_pairs` row; `lam` and `mode` say what picked the pair (a reward mix, or a control)."""
+    return {"prompts_key": prompts_key, "prompt_id": prompt_id, "round": round_, "lam": lam,
+            "mode": mode, "chosen": pair.chosen.text, "rejected": pair.rejected.text,
             "chosen_reward": pair.chosen.reward, "rejected_reward": pair.rejected.reward,
             "chosen_nodes": list(pair.chosen.node_ids), "rejected_nodes": list(pair.rejected.node_ids)}

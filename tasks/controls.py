@@ -7,7 +7,6 @@ under the upstream stage's settings, for comparison.
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import pandas as pd
 from prefect import task
@@ -18,7 +17,7 @@ from storage import stages
 from storage.artifacts import read_prompts, write_pairs
 from storage.reports import read_path_rewards
 from storage.store import open_store
-from tasks.calibrate import _pair_row
+from tasks.calibrate import pair_row
 from tasks.common import TASK_OPTIONS, StageSpec, file_sha256, logger, run_whole_stage
 from tasks.io import load_vocab, pool_truth
 
@@ -64,8 +63,7 @@ def control_pairs(db: str, control: str, seed: int, paths_key: str, pool_file: s
             if pair is None:
                 logger().info("prompt %s: fewer than two complete paths, no %s pair", prompt_id, control)
                 continue
-            mix = SimpleNamespace(lam=CONTROL_LAM, mode=control)
-            rows.append(_pair_row(prompt_id, int(rounds[prompt_id]), prompts_key, pair, mix))
+            rows.append(pair_row(prompt_id, int(rounds[prompt_id]), prompts_key, pair, CONTROL_LAM, control))
         write_pairs(store, key, pd.DataFrame(), pd.DataFrame(rows))
 
     return run_whole_stage(store, spec, work)

@@ -26,8 +26,12 @@ def test_tiny_llava_reloads_with_auto_classes(tmp_path):
     from transformers import AutoModelForImageTextToText, AutoProcessor, LlavaForConditionalGeneration
 
     path = make_tiny_llava(tmp_path)
-    assert AutoProcessor.from_pretrained(path).tokenizer.convert_tokens_to_ids("<image>") >= 0
-    assert isinstance(AutoModelForImageTextToText.from_pretrained(path), LlavaForConditionalGeneration)
+    tokenizer = AutoProcessor.from_pretrained(path).tokenizer
+    model = AutoModelForImageTextToText.from_pretrained(path)
+    assert isinstance(model, LlavaForConditionalGeneration)
+    image_id = tokenizer.convert_tokens_to_ids("<image>")
+    assert image_id == model.config.image_token_id != tokenizer.unk_token_id
+    assert tokenizer("<image>", add_special_tokens=False)["input_ids"] == [image_id]
 
 
 def test_format_prompt_places_image_per_template(tiny_vlm):
@@ -44,15 +48,15 @@ def test_delimiter_ids_come_from_the_tokenizer(tiny_vlm):
 
 def test_prefix_cache_plus_tail_matches_full_forward(tiny_vlm):
     """The first logits of a node (prefix cache + padded tail) equal a plain forward over the whole sequence."""
-    from csr_core.adapters.vlm import _NodeBatch
+    from csr_core.adapters.vlm import NodeBatch
 
     vocab = tiny_vlm.tokenizer.get_vocab()
     response = [vocab["a"], vocab["dog"], vocab["."]]
     prefixes = [tiny_vlm.encode_prefix(IMAGES[0], "<image>\ndescribe"), tiny_vlm.encode_prefix(IMAGES[1], "hi")]
-    batch = _NodeBatch(tiny_vlm.model, prefixes, [response, []], tiny_vlm.device)
+    batch = NodeBatch(tiny_vlm.model, prefixes, [response, []], tiny_vlm.device)
     logits = batch.prefill()
     for row, (image, text, resp) in enumerate([(IMAGES[0], "<image>\ndescribe", response), (IMAGES[1], "hi", [])]):
-        inputs = tiny_vlm._inputs([image], [text])
+        inputs = tiny_vlm.model_inputs([image], [text])
         ids = torch.cat([inputs["input_ids"], torch.tensor([resp], dtype=torch.long)], dim=1)
         with torch.no_grad():
             full = tiny_vlm.model(input_ids=ids, pixel_values=inputs["pixel_values"]).logits[0, -1]
@@ -89,7 +93,7 @@ def test_yes_probability_is_the_first_token_odds_and_ignores_padding(tiny_vlm):
     prompts = ["is there a dog in the image?", "<image>\nis there a red cup on the table in this picture?"]
     batched = tiny_vlm.yes_probability(IMAGES, prompts, batch_size=2)  # the first prompt is left-padded
     for image, prompt, p_yes in zip(IMAGES, prompts, batched):
-        inputs = tiny_vlm._inputs([image], [prompt])
+        inputs = tiny_vlm.model_inputs([image], [prompt])
         with torch.no_grad():
             logits = tiny_vlm.model(**inputs).logits[0, -1]
         odds = torch.softmax(logits[[vocab["yes"], vocab["no"]]], dim=-1)

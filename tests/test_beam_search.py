@@ -118,7 +118,7 @@ def test_matches_transformers_beam_search(tiny_vlm, instruction):
 
     image = Image.new("RGB", (40, 30), (200, 10, 10))
     k, budget = 4, 10
-    inputs = tiny_vlm._inputs([image], [instruction])
+    inputs = tiny_vlm.model_inputs([image], [instruction])
     stop = sorted(tiny_vlm.delimiter_ids | tiny_vlm.eos_ids)
     ref = tiny_vlm.model.generate(
         **inputs, num_beams=k, num_return_sequences=k, output_scores=True, return_dict_in_generate=True,

@@ -71,7 +71,7 @@ class LlavaAdapter:
             return self.processor.apply_chat_template(messages, add_generation_prompt=True)
         return FALLBACK_TEMPLATE.format(text=text)
 
-    def _inputs(self, images, instructions, padding_side="left"):
+    def model_inputs(self, images, instructions, padding_side="left"):
         texts = [self.format_prompt(i) for i in instructions]
         self.tokenizer.padding_side = padding_side
         inputs = self.processor(images=list(images), text=texts, return_tensors="pt", padding=True)
@@ -87,7 +87,7 @@ class LlavaAdapter:
     @torch.inference_mode()
     def encode_prefix(self, image: Image.Image, instruction: str) -> PrefixState:
         """Run the vision tower and the prompt once; keep the KV cache for reuse by every tree node."""
-        inputs = self._inputs([image], [instruction])
+        inputs = self.model_inputs([image], [instruction])
         ids = inputs["input_ids"]
         inputs["input_ids"], inputs["attention_mask"] = ids[:, :-1], inputs["attention_mask"][:, :-1]
         out = self.model(**inputs, use_cache=True)
@@ -103,7 +103,7 @@ class LlavaAdapter:
         params: BeamParams,
     ) -> list[list[Candidate]]:
         """Extend each (prefix, response-so-far) pair by one sentence with diverse beam search, in one batch."""
-        batch = _NodeBatch(self.model, prefixes, responses, self.device)
+        batch = NodeBatch(self.model, prefixes, responses, self.device)
         first_logits = batch.prefill()
         return diverse_beam_search(
             first_logits, batch.step, params,
@@ -124,7 +124,7 @@ class LlavaAdapter:
             raise ValueError(f'"Yes" and "No" start with the same token ({yes}); their odds are undefined')
         probabilities: list[float] = []
         for start in range(0, len(instructions), batch_size):
-            inputs = self._inputs(images[start : start + batch_size], instructions[start : start + batch_size])
+            inputs = self.model_inputs(images[start : start + batch_size], instructions[start : start + batch_size])
             positions = (inputs["attention_mask"].cumsum(-1) - 1).clamp(min=0)
             logits = self.model(**inputs, position_ids=positions, logits_to_keep=1).logits[:, -1, [yes, no]]
             probabilities += torch.softmax(logits.float(), dim=-1)[:, 0].tolist()
@@ -149,7 +149,7 @@ class LlavaAdapter:
         results: list[list[str]] = []
         for start in range(0, len(instructions), batch_size):
             torch.manual_seed(seed + start)
-            inputs = self._inputs(images[start : start + batch_size], instructions[start : start + batch_size])
+            inputs = self.model_inputs(images[start : start + batch_size], instructions[start : start + batch_size])
             sampling = {"do_sample": True, "temperature": temperature} if do_sample else {"do_sample": False}
             out = self.model.generate(
                 **inputs, max_new_tokens=max_new_tokens, num_return_sequences=num_return_sequences,
@@ -161,7 +161,7 @@ class LlavaAdapter:
         return results
 
 
-class _NodeBatch:
+class NodeBatch:
     """KV-cached forward passes for a batch of tree nodes, with beam reordering between steps."""
 
     def __init__(self, model, prefixes, responses, device):

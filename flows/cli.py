@@ -189,7 +189,7 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from flows.report import write_report
+    from report.write import write_report
 
     print(f"report written to {write_report(args.db, args.out, html=args.format == 'html')}")
     return 0

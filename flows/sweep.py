@@ -14,18 +14,12 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from csr_core.controls import CONTROLS
-from csr_core.report import Interval, arm_label
 from flows.config import RunConfig, load_config
 from flows.inputs import Inputs
 from flows.pipeline import Policy, candidates, evaluate_policy, policy_for_round, policy_of, prepare
-from flows.report import (
-    load_report_data,
-    paired_differences,
-    paired_markdown,
-    sweep_deltas,
-    sweep_markdown,
-    sweep_summary,
-)
+from report.data import load_report_data, paired_differences, sweep_deltas, sweep_summary
+from report.stats import Interval, arm_label
+from report.tables import paired_markdown, sweep_markdown
 from storage.store import open_store
 from tasks.calibrate import calibrate_select
 from tasks.controls import control_pairs, has_ground_truth

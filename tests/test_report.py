@@ -7,17 +7,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from csr_core.report import (
-    Interval,
-    arm_label,
-    arm_sort_key,
-    format_interval,
-    markdown_table,
-    mean_ci,
-    t_quantile_975,
-)
 from flows.cli import main as csr
-from flows.report import load_report_data, sweep_deltas, sweep_summary, write_report
+from report.data import load_report_data, sweep_deltas, sweep_summary
+from report.stats import Interval, arm_label, arm_sort_key, format_interval, mean_ci, t_quantile_975
+from report.tables import markdown_table
+from report.write import write_report
 from storage import stages
 from storage.artifacts import (
     append_training_metrics,

@@ -1,4 +1,4 @@
-"""Small pure helpers of the report: a mean with its 95% t-interval, arm labels, Markdown tables."""
+"""Small pure helpers of the report: a mean with its 95% t-interval, arm labels and their order, intervals as text."""
 from __future__ import annotations
 
 import math
@@ -79,18 +79,3 @@ def format_interval(interval: Interval, digits: int = 1, scale: float = 1.0, suf
         text += f" ± {interval.half_width * scale:.{digits}f}"
     return text + suffix
 
-
-def format_value(value, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
-def markdown_table(headers: Sequence[str], rows: Sequence[Sequence]) -> str:
-    """A GitHub Markdown table; cells are formatted with `format_value` unless already strings."""
-    cells = [[c if isinstance(c, str) else format_value(c) for c in row] for row in rows]
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in cells]
-    return "\n".join(lines)

@@ -97,10 +97,6 @@ def finish_stage(store: Store, key: str, status: str = "complete", error: str | 
         )
 
 
-def stages_frame(store: Store) -> pd.DataFrame:
-    return store.df("SELECT * FROM stages_v")
-
-
 def _now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 

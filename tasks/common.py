@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -148,10 +147,6 @@ def model_fingerprint(model_dir: str | Path) -> str:
         elif path.suffix in (".safetensors", ".bin", ".pt"):
             digest.update(f"{path.name}:{path.stat().st_size}".encode())
     return "model-" + digest.hexdigest()[:16]
-
-
-def dumps(value: Any) -> str:
-    return json.dumps(value, sort_keys=True)
 
 
 class TrainingProgress:

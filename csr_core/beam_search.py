@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 import torch
 
+from csr_core.validation import require
+
 NEG_INF = -1.0e9
 StepFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -39,14 +41,10 @@ class BeamParams:
     length_penalty: float = 1.0
 
     def __post_init__(self):
-        if self.num_beams < 1:
-            raise ValueError(f"num_beams must be >= 1, got {self.num_beams}")
-        if self.num_beam_groups < 1 or self.num_beams % self.num_beam_groups:
-            raise ValueError(
-                f"num_beam_groups must divide num_beams={self.num_beams}, got {self.num_beam_groups}"
-            )
-        if self.diversity_penalty < 0:
-            raise ValueError(f"diversity_penalty must be >= 0, got {self.diversity_penalty}")
+        require(self.num_beams >= 1, "num_beams", f"must be >= 1, got {self.num_beams}")
+        require(self.num_beam_groups >= 1 and self.num_beams % self.num_beam_groups == 0, "num_beam_groups",
+                f"must divide the number of beams ({self.num_beams}), got {self.num_beam_groups}")
+        require(self.diversity_penalty >= 0, "diversity_penalty", f"must be >= 0, got {self.diversity_penalty}")
 
     @property
     def group_size(self) -> int:

@@ -8,15 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from csr_core.metrics import POPE_SPLITS
+from csr_core.validation import require, require_choice
+
 WORLD = "world"  # stands for "the miniature world's artifact" in path-like fields
 
-DEVICES = ("auto", "cpu", "cuda", "mps")
+DEVICES = ("auto", "cpu", "cuda")  # runtime.device and dpo.device
 DTYPES = ("float32", "bfloat16", "float16")
-
-
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise ValueError(message)
 
 
 @dataclass(frozen=True)
@@ -33,8 +31,8 @@ class PromptConfig:
     seed: int = 0
 
     def __post_init__(self):
-        _require(self.n_per_round > 0, f"prompts.n_per_round must be positive, got {self.n_per_round}")
-        _require(bool(self.source), "prompts.source must be 'world' or a path to a prompt JSON file")
+        require(self.n_per_round > 0, "n_per_round", f"must be positive, got {self.n_per_round}")
+        require(bool(self.source), "source", "must be 'world' or a path to a prompt JSON file")
 
 
 @dataclass(frozen=True)
@@ -46,7 +44,7 @@ class ModelConfig:
     trust_remote_code: bool = False
 
     def __post_init__(self):
-        _require(self.dtype in DTYPES, f"model.dtype must be one of {DTYPES}, got {self.dtype!r}")
+        require_choice(self.dtype, "dtype", DTYPES)
 
 
 @dataclass(frozen=True)
@@ -57,7 +55,7 @@ class RelevanceConfig:
     batch_size: int = 256
 
     def __post_init__(self):
-        _require(self.batch_size > 0, f"relevance.batch_size must be positive, got {self.batch_size}")
+        require(self.batch_size > 0, "batch_size", f"must be positive, got {self.batch_size}")
 
 
 @dataclass(frozen=True)
@@ -76,20 +74,20 @@ class EvalConfig:
     temperature: float = 1.0
     max_new_tokens: int = 96
     instruction: str = "Describe the image."
-    pope_splits: tuple[str, ...] = ("random", "popular", "adversarial")
+    pope_splits: tuple[str, ...] = POPE_SPLITS
     pope_per_item: int = 2
     pope_expected: bool = True  # also POPE over the answer odds (metrics "expected_*"); greedy POPE always
     batch_size: int = 32
     seed: int = 0
 
     def __post_init__(self):
-        _require(self.n_items > 0, f"eval.n_items must be positive, got {self.n_items}")
-        _require(self.n_samples >= 0, f"eval.n_samples must be >= 0, got {self.n_samples}")
-        _require(self.temperature > 0, f"eval.temperature must be positive, got {self.temperature}")
-        _require(self.max_new_tokens > 0, f"eval.max_new_tokens must be positive, got {self.max_new_tokens}")
-        bad = set(self.pope_splits) - {"random", "popular", "adversarial"}
-        _require(not bad, f"eval.pope_splits: unknown split(s) {sorted(bad)}")
-        _require(self.pope_per_item >= 0, f"eval.pope_per_item must be >= 0, got {self.pope_per_item}")
+        require(self.n_items > 0, "n_items", f"must be positive, got {self.n_items}")
+        require(self.n_samples >= 0, "n_samples", f"must be >= 0, got {self.n_samples}")
+        require(self.temperature > 0, "temperature", f"must be positive, got {self.temperature}")
+        require(self.max_new_tokens > 0, "max_new_tokens", f"must be positive, got {self.max_new_tokens}")
+        bad = set(self.pope_splits) - set(POPE_SPLITS)
+        require(not bad, "pope_splits", f"unknown split(s) {sorted(bad)}, known: {POPE_SPLITS}")
+        require(self.pope_per_item >= 0, "pope_per_item", f"must be >= 0, got {self.pope_per_item}")
 
 
 @dataclass(frozen=True)
@@ -102,6 +100,6 @@ class RuntimeConfig:
     progress: bool = True
 
     def __post_init__(self):
-        _require(self.device in DEVICES, f"runtime.device must be one of {DEVICES}, got {self.device!r}")
-        _require(self.chunk_size > 0, f"runtime.chunk_size must be positive, got {self.chunk_size}")
-        _require(self.threads >= 0, f"runtime.threads must be >= 0, got {self.threads}")
+        require_choice(self.device, "device", DEVICES)
+        require(self.chunk_size > 0, "chunk_size", f"must be positive, got {self.chunk_size}")
+        require(self.threads >= 0, "threads", f"must be >= 0, got {self.threads}")

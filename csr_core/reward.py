@@ -28,6 +28,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 
+from csr_core.validation import require, require_choice
+
 MODES = ("rank", "value")
 SELF_REWARDS = ("token_prob", "prob")
 AGGREGATES = ("sum", "mean")
@@ -44,20 +46,13 @@ class RewardConfig:
     min_alpha_ratio: float = 0.5  # fewer letters than this among non-space characters: a non-text run
 
     def __post_init__(self):
-        if not 0.0 <= self.lam <= 1.0:
-            raise ValueError(f"lam must be in [0, 1], got {self.lam}")
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-        if self.self_reward not in SELF_REWARDS:
-            raise ValueError(f"self_reward must be one of {SELF_REWARDS}, got {self.self_reward!r}")
-        if self.aggregate not in AGGREGATES:
-            raise ValueError(f"aggregate must be one of {AGGREGATES}, got {self.aggregate!r}")
-        if self.min_chars < 0:
-            raise ValueError(f"min_chars must be >= 0, got {self.min_chars}")
-        if self.max_word_repeat < 2:
-            raise ValueError(f"max_word_repeat must be >= 2, got {self.max_word_repeat}")
-        if not 0.0 <= self.min_alpha_ratio <= 1.0:
-            raise ValueError(f"min_alpha_ratio must be in [0, 1], got {self.min_alpha_ratio}")
+        require(0.0 <= self.lam <= 1.0, "lam", f"must be in [0, 1], got {self.lam}")
+        require_choice(self.mode, "mode", MODES)
+        require_choice(self.self_reward, "self_reward", SELF_REWARDS)
+        require_choice(self.aggregate, "aggregate", AGGREGATES)
+        require(self.min_chars >= 0, "min_chars", f"must be >= 0, got {self.min_chars}")
+        require(self.max_word_repeat >= 2, "max_word_repeat", f"must be >= 2, got {self.max_word_repeat}")
+        require(0.0 <= self.min_alpha_ratio <= 1.0, "min_alpha_ratio", f"must be in [0, 1], got {self.min_alpha_ratio}")
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,10 @@ from PIL import Image
 
 from csr_core.beam_search import BeamParams, Candidate
 from csr_core.reward import RewardConfig, ScoredNode, sentence_value
+from csr_core.validation import ConfigError, require, require_choice
 
 PRUNE_MODES = ("self", "calibrated")
+BEAM_FIELDS = {"num_beams": "num_token_beams"}  # BeamParams field -> SearchConfig field
 RelevanceFn = Callable[[list[str], list[str]], list[float]]
 
 
@@ -39,24 +41,16 @@ class SearchConfig:  # defaults = the paper's code
     max_batch_nodes: int = 64  # live nodes decoded per forward (memory bound)
 
     def __post_init__(self):
-        positive = ("num_token_beams", "num_beam_groups", "max_new_tokens", "max_depth",
-                    "max_response_tokens", "max_batch_nodes")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.num_token_beams % self.num_beam_groups:
-            raise ValueError(
-                f"num_beam_groups must divide num_token_beams={self.num_token_beams}, got {self.num_beam_groups}"
-            )
-        if self.diversity_penalty < 0:
-            raise ValueError(f"diversity_penalty must be >= 0, got {self.diversity_penalty}")
+        for name in ("max_new_tokens", "max_depth", "max_response_tokens", "max_batch_nodes"):
+            require(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+        try:
+            self.beam_params  # noqa: B018 - BeamParams checks the token-level beam settings
+        except ConfigError as exc:
+            raise ConfigError(BEAM_FIELDS.get(exc.field, exc.field), exc.why) from None
         for name in ("keep_top", "keep_bottom"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.keep_top + self.keep_bottom < 1:
-            raise ValueError("keep_top + keep_bottom must be >= 1")
-        if self.prune_by not in PRUNE_MODES:
-            raise ValueError(f"prune_by must be one of {PRUNE_MODES}, got {self.prune_by!r}")
+            require(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
+        require(self.keep_top + self.keep_bottom >= 1, "keep_bottom", "keep_top + keep_bottom must be >= 1")
+        require_choice(self.prune_by, "prune_by", PRUNE_MODES)
 
     @property
     def beam_params(self) -> BeamParams:

@@ -18,6 +18,7 @@ from csr_core.config import WORLD, EvalConfig, ModelConfig, PromptConfig, Releva
 from csr_core.keys import plain_data
 from csr_core.reward import RewardConfig
 from csr_core.tree import SearchConfig
+from csr_core.validation import ConfigError, require
 from training.dpo_config import DPOConfig
 from world.config import WorldConfig
 
@@ -53,8 +54,7 @@ class RunConfig:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
     def __post_init__(self):
-        if self.rounds < 0:
-            raise ValueError(f"rounds must be >= 0, got {self.rounds}")
+        require(self.rounds >= 0, "rounds", f"must be >= 0, got {self.rounds}")
 
     @property
     def world_dir(self) -> Path:
@@ -63,10 +63,6 @@ class RunConfig:
     @property
     def uses_world(self) -> bool:
         return WORLD in (self.prompts.source, self.model.path, self.relevance.model_dir, self.eval.source)
-
-    def resolve(self, value: str, world_path: str) -> str:
-        """A path-like setting, with "world" replaced by the miniature world's artifact."""
-        return str(self.world_dir / world_path) if value == WORLD else value
 
 
 def load_config(files: list[str | Path] = (), overrides: list[str] = (), *, base: str = "default") -> RunConfig:
@@ -104,16 +100,15 @@ def _build_section(name: str, cls: type, values: dict[str, Any]):
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = set(values) - fields
     if unknown:
-        raise ValueError(f"unknown key(s) in '{name}': {', '.join(sorted(unknown))} "
-                         f"(known: {', '.join(sorted(fields))})")
+        raise ConfigError(name, f"unknown key(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(fields))})")
     typed = {key: _coerce(f"{name}.{key}", value, hints[key]) for key, value in values.items()}
     factory = cls if preset is None else getattr(cls, str(preset), None)
     if not callable(factory) or str(preset).startswith("_"):
-        raise ValueError(f"unknown preset {preset!r} for '{name}'")
+        raise ConfigError(f"{name}.preset", f"unknown preset {preset!r}")
     try:
         return dataclasses.replace(factory(), **typed) if preset is not None else cls(**typed)
-    except ValueError as exc:
-        raise ValueError(f"{name}: {exc}") from None
+    except ConfigError as exc:
+        raise exc.within(name) from None
 
 
 def _coerce(name: str, value: Any, kind: Any) -> Any:
@@ -134,7 +129,7 @@ def _coerce(name: str, value: Any, kind: Any) -> Any:
         value = _number(value, kind, name)  # YAML 1.1 reads "3e-4" as a string
     is_bool_for_int = kind is int and isinstance(value, bool)
     if kind in (int, float, str, bool) and (not isinstance(value, kind) or is_bool_for_int):
-        raise ValueError(f"{name} must be of type {kind.__name__}, got {value!r}")
+        raise ConfigError(name, f"must be of type {kind.__name__}, got {value!r}")
     return value
 
 
@@ -142,7 +137,7 @@ def _number(text: str, kind: type, name: str):
     try:
         return kind(text)
     except ValueError:
-        raise ValueError(f"{name} must be of type {kind.__name__}, got {text!r}") from None
+        raise ConfigError(name, f"must be of type {kind.__name__}, got {text!r}") from None
 
 
 def _apply_override(raw: dict[str, Any], item: str) -> None:

@@ -5,6 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
+from csr_core.config import DEVICES
+from csr_core.validation import ConfigError, require_choice
+
 # The language model's linear layers of a LLaVA/Llama model: the paper's code puts LoRA on every linear layer
 # of the LLM (LLaVA's `find_all_linear_names`: not the vision tower, not the projector, not lm_head).
 LLAMA_LINEAR_LAYERS: tuple[str, ...] = (
@@ -16,7 +19,6 @@ LLAMA_LINEAR_LAYERS: tuple[str, ...] = (
     "up_proj",
     "down_proj",
 )
-DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 LR_SCHEDULERS: tuple[str, ...] = ("cosine", "linear", "constant", "constant_with_warmup")
 # TRL's preference losses (trl.DPOConfig.loss_type); several are summed with loss_weights (e.g. MPO, RPO = sigmoid+sft)
 LOSS_TYPES: tuple[str, ...] = (
@@ -78,47 +80,45 @@ class DPOConfig:
         _in_unit_interval(self, "lora_dropout", "warmup_ratio")
         _non_negative(self, "weight_decay", "image_condition_weight", "anchor_weight")
         if not 0 < self.image_crop_keep < 1:
-            raise ValueError(f"image_crop_keep: must be in (0, 1), got {self.image_crop_keep!r}")
+            raise ConfigError("image_crop_keep", f"must be in (0, 1), got {self.image_crop_keep!r}")
         if self.disable_dropout and self.lora_dropout > 0:
-            raise ValueError(f"lora_dropout: {self.lora_dropout!r} would do nothing with disable_dropout (TRL zeroes "
-                             f"every dropout, LoRA's included); set one of them off")
+            raise ConfigError("lora_dropout", f"{self.lora_dropout!r} would do nothing with disable_dropout "
+                              "(TRL zeroes every dropout, LoRA's included); set one of them off")
         if self.max_steps == 0 or self.max_steps < -1:
-            raise ValueError(f"max_steps: must be -1 (use num_epochs) or > 0, got {self.max_steps!r}")
+            raise ConfigError("max_steps", f"must be -1 (use num_epochs) or > 0, got {self.max_steps!r}")
         if isinstance(self.lora_target_modules, str) or not self.lora_target_modules:
-            raise ValueError(
-                f"lora_target_modules: must be a non-empty tuple of names, got {self.lora_target_modules!r}"
+            raise ConfigError(
+                "lora_target_modules", f"must be a non-empty tuple of names, got {self.lora_target_modules!r}"
             )
         if not all(isinstance(m, str) and m.isidentifier() for m in self.lora_target_modules):
-            raise ValueError(
-                f"lora_target_modules: names must be identifiers, got {self.lora_target_modules!r}"
+            raise ConfigError(
+                "lora_target_modules", f"names must be identifiers, got {self.lora_target_modules!r}"
             )
         if "lm_head" in self.lora_target_modules:
-            raise ValueError("lora_target_modules: lm_head cannot take LoRA: TRL's DPOTrainer reads the log-probs "
+            raise ConfigError("lora_target_modules", "lm_head cannot take LoRA: TRL's DPOTrainer reads the log-probs "
                              "from lm_head.weight directly, so the adapter would never train")
         object.__setattr__(self, "lora_target_modules", tuple(self.lora_target_modules))  # lists from YAML
         if self.lora_scope and not self.lora_scope.isidentifier():
-            raise ValueError(f"lora_scope: must be a module name (or empty), got {self.lora_scope!r}")
+            raise ConfigError("lora_scope", f"must be a module name (or empty), got {self.lora_scope!r}")
         if isinstance(self.lora_layers, str | int) or not all(
             isinstance(i, int) and not isinstance(i, bool) for i in self.lora_layers
         ):
-            raise ValueError(f"lora_layers: must be a list of layer indices, got {self.lora_layers!r}")
+            raise ConfigError("lora_layers", f"must be a list of layer indices, got {self.lora_layers!r}")
         object.__setattr__(self, "lora_layers", tuple(self.lora_layers))
         self._check_losses()
-        if self.device not in DEVICES:
-            raise ValueError(f"device: expected one of {DEVICES}, got {self.device!r}")
-        if self.lr_scheduler not in LR_SCHEDULERS:
-            raise ValueError(f"lr_scheduler: expected one of {LR_SCHEDULERS}, got {self.lr_scheduler!r}")
+        require_choice(self.device, "device", DEVICES)
+        require_choice(self.lr_scheduler, "lr_scheduler", LR_SCHEDULERS)
 
     def _check_losses(self) -> None:
         loss_type = (self.loss_type,) if isinstance(self.loss_type, str) else tuple(self.loss_type)
         unknown = [name for name in loss_type if name not in LOSS_TYPES]
         if not loss_type or unknown:
-            raise ValueError(f"loss_type: expected names from {LOSS_TYPES}, got {self.loss_type!r}")
+            raise ConfigError("loss_type", f"expected names from {LOSS_TYPES}, got {self.loss_type!r}")
         weights = tuple(float(w) for w in self.loss_weights)
         if weights and len(weights) != len(loss_type):
-            raise ValueError(f"loss_weights: need one weight per loss_type {loss_type}, got {self.loss_weights!r}")
+            raise ConfigError("loss_weights", f"need one weight per loss_type {loss_type}, got {self.loss_weights!r}")
         if any(w < 0 for w in weights):
-            raise ValueError(f"loss_weights: must be >= 0, got {self.loss_weights!r}")
+            raise ConfigError("loss_weights", f"must be >= 0, got {self.loss_weights!r}")
         object.__setattr__(self, "loss_type", loss_type)
         object.__setattr__(self, "loss_weights", weights)
 
@@ -174,10 +174,10 @@ class DPOConfig:
     def resolve_lora_layers(self, num_layers: int | None) -> tuple[int, ...]:
         """lora_layers as sorted non-negative indices of a language model with `num_layers` decoder layers."""
         if num_layers is None:
-            raise ValueError("lora_layers: the model's number of decoder layers is needed to resolve them")
+            raise ConfigError("lora_layers", "the model's number of decoder layers is needed to resolve them")
         out_of_range = [i for i in self.lora_layers if not -num_layers <= i < num_layers]
         if out_of_range:
-            raise ValueError(f"lora_layers: {out_of_range} out of range for a language model of {num_layers} layers")
+            raise ConfigError("lora_layers", f"{out_of_range} out of range for a language model of {num_layers} layers")
         return tuple(sorted({i % num_layers for i in self.lora_layers}))
 
 
@@ -190,18 +190,18 @@ def _positive(cfg: DPOConfig, *fields: str) -> None:
     for name in fields:
         value = getattr(cfg, name)
         if not value > 0:
-            raise ValueError(f"{name}: must be > 0, got {value!r}")
+            raise ConfigError(name, f"must be > 0, got {value!r}")
 
 
 def _non_negative(cfg: DPOConfig, *fields: str) -> None:
     for name in fields:
         value = getattr(cfg, name)
         if value < 0:
-            raise ValueError(f"{name}: must be >= 0, got {value!r}")
+            raise ConfigError(name, f"must be >= 0, got {value!r}")
 
 
 def _in_unit_interval(cfg: DPOConfig, *fields: str) -> None:
     for name in fields:
         value = getattr(cfg, name)
         if not 0 <= value < 1:
-            raise ValueError(f"{name}: must be in [0, 1), got {value!r}")
+            raise ConfigError(name, f"must be in [0, 1), got {value!r}")

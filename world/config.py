@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 
+from csr_core.validation import ConfigError, require
+
 
 @dataclass(frozen=True)
 class WorldConfig:
@@ -91,10 +93,9 @@ class WorldConfig:
     def with_overrides(self, **overrides) -> WorldConfig:
         unknown = set(overrides) - {f.name for f in fields(self)}
         if unknown:
-            raise ValueError(f"WorldConfig has no field(s) {sorted(unknown)}")
+            raise ConfigError(", ".join(sorted(unknown)), "no such field in WorldConfig")
         return replace(self, **overrides)
 
 
 def _require(cfg: WorldConfig, field_name: str, ok: bool, message: str) -> None:
-    if not ok:
-        raise ValueError(f"WorldConfig.{field_name}={getattr(cfg, field_name)!r} {message}")
+    require(ok, field_name, f"{message}, got {getattr(cfg, field_name)!r}")

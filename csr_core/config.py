@@ -27,7 +27,7 @@ class PromptConfig:
 
     source: str = WORLD
     image_dir: str = ""
-    n_per_round: int = 64
+    n_per_round: int = 200
     seed: int = 0
 
     def __post_init__(self):

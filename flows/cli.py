@@ -123,16 +123,16 @@ def _overrides(args, **extra) -> list[str]:
     return values
 
 
-def _validated(args, **extra):
-    """Load and check the config before anything starts (exit 2 on a bad setting)."""
+def _validated(args, *, check_db: bool = True, **extra):
+    """The run config, loaded and checked once before anything starts (exit 2 on a bad setting)."""
     from flows.config import load_config
     from flows.inputs import check_user_inputs
 
-    overrides = _overrides(args, **extra)
-    cfg = load_config(args.config, overrides)
+    cfg = load_config(args.config, _overrides(args, **extra))
     check_user_inputs(cfg)
-    _check_db_writable(cfg.db)
-    return cfg, overrides
+    if check_db:
+        _check_db_writable(cfg.db)
+    return cfg
 
 
 def _check_db_writable(path: str) -> None:
@@ -142,44 +142,42 @@ def _check_db_writable(path: str) -> None:
 
 
 def cmd_run(args) -> int:
-    cfg, overrides = _validated(args, rounds=args.rounds)
+    cfg = _validated(args, rounds=args.rounds)
     from flows.pipeline import csr_pipeline
 
-    summary = csr_pipeline(config_files=args.config, overrides=overrides)
+    summary = csr_pipeline(config=cfg)
     print(json.dumps(summary, indent=2))
     print(f"done: artifacts in {cfg.db}; try `csr status --db {cfg.db}`")
     return 0
 
 
 def cmd_world_build(args) -> int:
-    cfg, overrides = _validated(args, **{"world.seed": args.seed})
+    cfg = _validated(args, **{"world.seed": args.seed})
     from flows.pipeline import world_flow
 
-    print(json.dumps(world_flow(config_files=args.config, overrides=overrides), indent=2))
+    print(json.dumps(world_flow(config=cfg), indent=2))
     print(f"world built in {cfg.world_dir}")
     return 0
 
 
 def cmd_rescore(args) -> int:
-    _cfg, overrides = _validated(args, **{"reward.lam": args.lam, "reward.mode": args.mode})
+    cfg = _validated(args, **{"reward.lam": args.lam, "reward.mode": args.mode})
     from flows.rescore import rescore
 
-    results = rescore(config_files=args.config, overrides=overrides, round_=args.round_, tree_key=args.tree)
+    results = rescore(config=cfg, round_=args.round_, tree_key=args.tree)
     print(json.dumps(results, indent=2))
     return 0
 
 
 def cmd_sweep(args) -> int:
-    from flows.config import load_config
     from flows.sweep import check_arms, sweep
 
-    cfg = load_config(args.config, _overrides(args))
+    cfg = _validated(args, check_db=False)
     lams = args.lam if args.lam is not None else [cfg.reward.lam]
     seeds = args.seeds if args.seeds is not None else [cfg.prompts.seed]
-    check_arms(cfg, lams, args.controls, seeds, args.round_)  # before _validated creates the database
-    cfg, overrides = _validated(args)
-    result = sweep(config_files=args.config, overrides=overrides, lams=lams, controls=args.controls, seeds=seeds,
-                   round_=args.round_)
+    check_arms(cfg, lams, args.controls, seeds, args.round_)  # before the database is created
+    _check_db_writable(cfg.db)
+    result = sweep(config=cfg, lams=lams, controls=args.controls, seeds=seeds, round_=args.round_)
     print(json.dumps(result["arms"], indent=2))
     for reason in result["skipped"].values():
         print(reason)
@@ -233,14 +231,12 @@ def cmd_sql(args) -> int:
 
 
 def cmd_status(args) -> int:
+    from storage.reports import invalid_prompt_count, stage_status
     from storage.store import Store
 
     store = Store(args.db, read_only=True)
     try:
-        frame = store.df(
-            "SELECT stage, stage_key, status, n_items, n_done, n_failed, round(seconds, 1) AS seconds, "
-            "strftime(started_at, '%Y-%m-%d %H:%M:%S') AS started, error FROM stages_v")
-        invalid = store.scalar("SELECT count(*) FROM prompts WHERE status = 'invalid'")
+        frame, invalid = stage_status(store), invalid_prompt_count(store)
     finally:
         store.close()
     if frame.empty:

@@ -75,6 +75,11 @@ def load_config(files: list[str | Path] = (), overrides: list[str] = (), *, base
     return build_config(raw)
 
 
+def given_or_loaded(config: RunConfig | None, files: list[str] | None, overrides: list[str] | None) -> RunConfig:
+    """A flow's config: the one the caller validated (the CLI), else loaded from files and overrides."""
+    return config if config is not None else load_config(files or [], overrides or [])
+
+
 def build_config(raw: dict[str, Any]) -> RunConfig:
     unknown = set(raw) - set(SECTIONS) - set(TOP_LEVEL)
     if unknown:

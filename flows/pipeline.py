@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from prefect import flow
 
 from csr_core.config import WORLD
-from flows.config import RunConfig, load_config
+from flows.config import RunConfig, given_or_loaded
 from flows.inputs import Inputs, check_user_inputs
-from flows.report import publish_report
+from flows.publish import publish_report
 from tasks.calibrate import calibrate_select
 from tasks.common import model_fingerprint
 from tasks.dpo import dpo_finetune
@@ -30,9 +30,10 @@ class Policy:
 
 
 @flow(name="csr-world", log_prints=True)
-def world_flow(config_files: list[str] | None = None, overrides: list[str] | None = None) -> dict[str, str]:
+def world_flow(config_files: list[str] | None = None, overrides: list[str] | None = None,
+               config: RunConfig | None = None) -> dict[str, str]:
     """Build the miniature world: scenes with ground truth, the base VLM, the relevance scorer."""
-    return build_world(load_config(config_files or [], overrides or []))
+    return build_world(given_or_loaded(config, config_files, overrides))
 
 
 def build_world(cfg: RunConfig, *, everything: bool = True) -> dict[str, str]:
@@ -48,9 +49,9 @@ def build_world(cfg: RunConfig, *, everything: bool = True) -> dict[str, str]:
 
 @flow(name="csr-pipeline", log_prints=True)
 def csr_pipeline(config_files: list[str] | None = None, overrides: list[str] | None = None,
-                 rounds: int | None = None) -> dict:
+                 rounds: int | None = None, config: RunConfig | None = None) -> dict:
     """CSR end to end: evaluate the base model, then `rounds` rounds of self-rewarded DPO."""
-    cfg = load_config(config_files or [], overrides or [])
+    cfg = given_or_loaded(config, config_files, overrides)
     inputs = prepare(cfg)
     policy = policy_for_round(cfg, inputs, 1)
     summary: dict = {"base_eval": evaluate_policy(cfg, inputs, policy, 0), "rounds": []}

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from prefect import flow, task
 
-from flows.config import load_config
+from flows.config import RunConfig, given_or_loaded
 from flows.inputs import resolve_inputs
 from storage import stages
 from storage.store import open_store
@@ -30,9 +30,9 @@ def scored_candidates(db: str, round_: int | None = None, tree_key: str | None =
 
 @flow(name="csr-rescore", log_prints=True)
 def rescore(config_files: list[str] | None = None, overrides: list[str] | None = None, round_: int | None = None,
-            tree_key: str | None = None) -> list[dict[str, str | None]]:
+            tree_key: str | None = None, config: RunConfig | None = None) -> list[dict[str, str | None]]:
     """Recompute calibrated rewards and pairs for stored candidates under the configured reward settings."""
-    cfg = load_config(config_files or [], overrides or [])
+    cfg = given_or_loaded(config, config_files, overrides)
     inputs = resolve_inputs(cfg)
     results = []
     for keys in scored_candidates(cfg.db, round_, tree_key):

@@ -14,7 +14,8 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from csr_core.controls import CONTROLS
-from flows.config import RunConfig, load_config
+from csr_core.validation import ConfigError
+from flows.config import RunConfig, given_or_loaded
 from flows.inputs import Inputs
 from flows.pipeline import Policy, candidates, evaluate_policy, policy_for_round, policy_of, prepare
 from report.data import load_report_data, paired_differences, sweep_deltas, sweep_summary
@@ -36,7 +37,10 @@ def seeded(cfg: RunConfig, seed: int) -> RunConfig:
 def check_arms(cfg: RunConfig, lams: list[float], controls: list[str], seeds: list[int], round_: int) -> None:
     """Fail before any work on a bad λ, control, seed list or round."""
     for lam in lams:
-        dataclasses.replace(cfg.reward, lam=float(lam))  # RewardConfig validates λ
+        try:
+            dataclasses.replace(cfg.reward, lam=float(lam))  # RewardConfig validates λ
+        except ConfigError as exc:
+            raise exc.within("reward") from None
     unknown = [c for c in controls if c not in CONTROLS]
     if unknown:
         raise ValueError(f"controls: unknown {unknown} (known: {', '.join(CONTROLS)})")
@@ -51,9 +55,9 @@ def check_arms(cfg: RunConfig, lams: list[float], controls: list[str], seeds: li
 @flow(name="csr-sweep", log_prints=True)
 def sweep(config_files: list[str] | None = None, overrides: list[str] | None = None,
           lams: list[float] | None = None, controls: list[str] | None = None, seeds: list[int] | None = None,
-          round_: int = 1) -> dict:
+          round_: int = 1, config: RunConfig | None = None) -> dict:
     """Train and evaluate round `round_` once per arm (each λ, each control) and seed; tabulate the changes."""
-    base = load_config(config_files or [], overrides or [])
+    base = given_or_loaded(config, config_files, overrides)
     lams = [float(x) for x in (lams if lams is not None else [base.reward.lam])]
     controls, seeds = list(controls or []), [int(s) for s in (seeds if seeds is not None else [base.prompts.seed])]
     check_arms(base, lams, controls, seeds, round_)

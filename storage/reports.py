@@ -84,3 +84,14 @@ def newest_pairs_key(store: Store) -> str | None:
     return store.scalar(
         "SELECT stage_key FROM stages WHERE stage IN ('calibrate_select', 'control_pairs') AND status = 'complete' "
         "AND stage_key IN (SELECT DISTINCT stage_key FROM preference_pairs) ORDER BY ended_at DESC LIMIT 1")
+
+
+def stage_status(store: Store) -> pd.DataFrame:
+    """What `csr status` shows: one row per stage with its item counts, time and error."""
+    return store.df(
+        "SELECT stage, stage_key, status, n_items, n_done, n_failed, round(seconds, 1) AS seconds, "
+        "strftime(started_at, '%Y-%m-%d %H:%M:%S') AS started, error FROM stages_v")
+
+
+def invalid_prompt_count(store: Store) -> int:
+    return int(store.scalar("SELECT count(*) FROM prompts WHERE status = 'invalid'"))

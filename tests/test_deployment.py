@@ -75,7 +75,8 @@ def test_deploy_trigger_and_run_writes_to_duckdb(prefect_server, tiny_run):
 
     store = Store(tiny_run["db"], read_only=True)
     try:
-        assert store.scalar("SELECT status FROM stages WHERE stage = 'evaluate'") == "complete"
+        status = store.scalar("SELECT status FROM stages WHERE stage = 'evaluate'")
+        assert status == "complete", worker.stdout[-3000:] + worker.stderr[-3000:]
         assert store.scalar("SELECT count(*) FROM eval_results") > 0
     finally:
         store.close()

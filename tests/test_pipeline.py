@@ -116,7 +116,7 @@ def test_cli_sql_and_status_read_the_store(finished_run, capsys):
 def test_cli_rejects_bad_settings_before_any_work(tmp_path, capsys):
     db = tmp_path / "never.duckdb"
     assert csr(["run", "--db", str(db), "--set", "reward.lam=1.5"]) == 2
-    assert "lam must be in [0, 1]" in capsys.readouterr().err
+    assert "reward.lam: must be in [0, 1]" in capsys.readouterr().err
     assert csr(["run", "--db", str(db), "--set", "model.path=/no/such/model"]) == 2
     assert "model.path: not found: /no/such/model" in capsys.readouterr().err
     assert csr(["run", "--db", str(db), "--set", "search.bogus=1"]) == 2

@@ -193,7 +193,7 @@ def test_the_summary_is_published_as_a_prefect_artifact(store_db, prefect_harnes
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-    from flows.report import publish_report
+    from flows.publish import publish_report
     from storage.store import close_all
 
     @flow

@@ -127,7 +127,7 @@ def test_the_oracle_is_skipped_without_ground_truth(swept, tmp_path):
 
 def test_bad_arms_stop_before_any_work(tmp_path, capsys):
     cfg = load_config([TINY])
-    for lams, controls, seeds, round_, message in (([1.5], [], [0], 1, r"lam must be in \[0, 1\]"),
+    for lams, controls, seeds, round_, message in (([1.5], [], [0], 1, r"^reward\.lam: must be in \[0, 1\]"),
                                                    ([0.9], ["best"], [0], 1, "controls: unknown"),
                                                    ([], [], [0], 1, "at least one"),
                                                    ([0.9], [], [0, 0], 1, "distinct"),

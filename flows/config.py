@@ -69,7 +69,7 @@ def load_config(files: list[str | Path] = (), overrides: list[str] = (), *, base
     """Merge `configs/<base>.yaml`, then `files`, then `--set` overrides; validate everything."""
     raw: dict[str, Any] = {}
     for path in [CONFIG_DIR / f"{base}.yaml", *files]:
-        _deep_merge(raw, _read_yaml(Path(path)))
+        _deep_merge(raw, read_yaml(Path(path)))
     for item in overrides:
         _apply_override(raw, item)
     return build_config(raw)
@@ -165,7 +165,7 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
         raise ValueError(f"--set key must be 'key' or 'section.key', got {key!r}")
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise ValueError(f"config file not found: {path}")
     data = yaml.safe_load(path.read_text()) or {}

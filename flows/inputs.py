@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from csr_core.config import WORLD
+from csr_core.validation import ConfigError
 from flows.config import RunConfig
 from tasks.world import CLIP_DIR, VLM_DIR
 from training.dpo_config import num_decoder_layers
@@ -53,7 +54,7 @@ def check_user_inputs(cfg: RunConfig, *, need_eval: bool = True) -> Inputs:
     ]
     for applies, path, name, exists in checks:
         if applies and not exists(Path(path)):
-            raise ValueError(f"{name}: not found: {path or '(empty)'}")
+            raise ConfigError(name, f"not found: {path or '(empty)'}")
     _check_lora_layers(cfg, inputs.model_dir)
     return inputs
 
@@ -67,8 +68,8 @@ def _check_lora_layers(cfg: RunConfig, model_dir: str) -> None:
     if num_layers is not None:
         try:
             cfg.dpo.resolve_lora_layers(num_layers)
-        except ValueError as error:
-            raise ValueError(f"dpo: {error} ({model_dir})") from None
+        except ConfigError as error:
+            raise ConfigError(f"dpo.{error.field}", f"{error.why} ({model_dir})") from None
 
 
 def _model_decoder_layers(model_dir: Path) -> int | None:

@@ -121,10 +121,26 @@ def test_cli_rejects_bad_settings_before_any_work(tmp_path, capsys):
     assert "model.path: not found: /no/such/model" in capsys.readouterr().err
     assert csr(["run", "--db", str(db), "--set", "search.bogus=1"]) == 2
     assert csr(["run", "--db", str(db), "--set", "dpo.lora_layers=[3]"]) == 2  # the world's VLM has 3 layers
-    assert "dpo: lora_layers: [3] out of range for a language model of 3 layers" in capsys.readouterr().err
+    assert "dpo.lora_layers: [3] out of range for a language model of 3 layers" in capsys.readouterr().err
     model = tmp_path / "my-llava"
     model.mkdir()
     (model / "config.json").write_text(json.dumps({"text_config": {"num_hidden_layers": 2}}))
     assert csr(["run", "--db", str(db), "--set", f"model.path={model}", "--set", "dpo.lora_layers=[-3]"]) == 2
     assert f"lora_layers: [-3] out of range for a language model of 2 layers ({model})" in capsys.readouterr().err
     assert not db.exists()
+
+
+def test_the_cli_loads_the_config_once(finished_run, monkeypatch):
+    import flows.config
+
+    reads = []
+    real = flows.config.read_yaml  # every load reads configs/default.yaml first, whoever calls it
+    monkeypatch.setattr(flows.config, "read_yaml", lambda path: reads.append(path.name) or real(path))
+    args = ["rescore", "--db", str(finished_run["db"]), "--lam", "0.3"]
+    for path in finished_run["config_files"]:
+        args += ["--config", path]
+    for item in finished_run["overrides"]:
+        args += ["--set", item]
+    assert csr(args) == 0
+    close_all()
+    assert reads.count("default.yaml") == 1

@@ -98,6 +98,7 @@ class RuntimeConfig:
     chunk_size: int = 8  # prompts per batch and per committed write
     threads: int = 0  # torch threads; 0 keeps torch's default
     progress: bool = True
+    retry_failed: bool = False  # run the failed items of item-wise stages again (`csr run --retry-failed`)
 
     def __post_init__(self):
         require_choice(self.device, "device", DEVICES)

@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable
+from contextlib import contextmanager
 
 EXAMPLES = """examples:
   csr run                                  # CSR on the miniature world (builds it first if missing)
@@ -25,22 +29,62 @@ EXAMPLES = """examples:
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that every `finally` runs (the store closes, the server stops)."""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
+    import duckdb
+
+    from flows.server import PrefectUnavailable
     from storage.store import StoreLockedError
 
+    previous = _on_sigterm()
     try:
         return args.handler(args) or 0
-    except (ValueError, FileNotFoundError, LookupError, StoreLockedError) as exc:
-        print(f"csr: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("csr: interrupted; rerun the same command to resume where it stopped", file=sys.stderr)
-        return 130
+    except (ValueError, FileNotFoundError, LookupError, StoreLockedError, PrefectUnavailable) as exc:
+        return _fail(exc)
+    except duckdb.Error as exc:
+        return _fail(f"database: {_first_line(exc)}")
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            return _fail(f"disk full: {exc}; free space and rerun the same command to resume")
+        raise
+    except (KeyboardInterrupt, Terminated) as exc:
+        how = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        print(f"csr: {how}; rerun the same command to resume where it stopped", file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _fail(message) -> int:
+    text = str(message)
+    if "No space left on device" in text:
+        text = f"disk full: {_first_line(text)}; free space and rerun the same command to resume"
+    print(f"csr: error: {text}", file=sys.stderr)
+    return 2
+
+
+def _first_line(message) -> str:
+    return str(message).strip().splitlines()[0] if str(message).strip() else type(message).__name__
+
+
+def _on_sigterm():
+    """Turn SIGTERM into `Terminated` (main thread only; elsewhere, e.g. under a test runner thread, skip)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        raise Terminated()
+
+    return signal.signal(signal.SIGTERM, handler)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = _command(commands, "run", cmd_run, "run CSR rounds end to end (evaluate, then sample -> ... -> DPO)")
     _config_options(run)
     run.add_argument("--rounds", type=int, help="number of CSR rounds (default: the config's `rounds`)")
+    run.add_argument("--retry-failed", action="store_true",
+                     help="run the failed items of candidate and relevance stages again (runtime.retry_failed)")
 
     world = _command(commands, "world", None, "the miniature world (embedded default data and models)")
     world_commands = world.add_subparsers(title="world commands", metavar="COMMAND")
@@ -95,6 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = _command(commands, "status", cmd_status, "stages with keys, status, item counts and timings")
     status.add_argument("--db", default="./csr.duckdb", help="DuckDB file (default ./csr.duckdb)")
+
+    backup = _command(commands, "backup", cmd_backup, "copy the store to DEST, consistent even during a run")
+    backup.add_argument("dest", help="the copy's path, e.g. backups/csr-2026-12-01.duckdb")
+    backup.add_argument("--db", default="./csr.duckdb", help="DuckDB file (default ./csr.duckdb)")
     return parser
 
 
@@ -131,21 +181,32 @@ def _validated(args, *, check_db: bool = True, **extra):
     cfg = load_config(args.config, _overrides(args, **extra))
     check_user_inputs(cfg)
     if check_db:
-        _check_db_writable(cfg.db)
+        _hold_db(cfg.db)
     return cfg
 
 
-def _check_db_writable(path: str) -> None:
-    from storage.store import Store
+def _hold_db(path: str) -> None:
+    """Become the store's one writer for the rest of the command (StoreLockedError names the holder)."""
+    from storage.store import open_store
 
-    Store(path).close()  # raises StoreLockedError naming the holder
+    open_store(path)
+
+
+@contextmanager
+def _flows():
+    """Where the command's flows report: the configured Prefect API, or a temporary server csr stops."""
+    from flows.server import prefect_api
+
+    with prefect_api():
+        yield
 
 
 def cmd_run(args) -> int:
-    cfg = _validated(args, rounds=args.rounds)
+    cfg = _validated(args, rounds=args.rounds, **{"runtime.retry_failed": args.retry_failed or None})
     from flows.pipeline import csr_pipeline
 
-    summary = csr_pipeline(config=cfg)
+    with _flows():
+        summary = csr_pipeline(config=cfg)
     print(json.dumps(summary, indent=2))
     print(f"done: artifacts in {cfg.db}; try `csr status --db {cfg.db}`")
     return 0
@@ -155,7 +216,8 @@ def cmd_world_build(args) -> int:
     cfg = _validated(args, **{"world.seed": args.seed})
     from flows.pipeline import world_flow
 
-    print(json.dumps(world_flow(config=cfg), indent=2))
+    with _flows():
+        print(json.dumps(world_flow(config=cfg), indent=2))
     print(f"world built in {cfg.world_dir}")
     return 0
 
@@ -164,7 +226,8 @@ def cmd_rescore(args) -> int:
     cfg = _validated(args, **{"reward.lam": args.lam, "reward.mode": args.mode})
     from flows.rescore import rescore
 
-    results = rescore(config=cfg, round_=args.round_, tree_key=args.tree)
+    with _flows():
+        results = rescore(config=cfg, round_=args.round_, tree_key=args.tree)
     print(json.dumps(results, indent=2))
     return 0
 
@@ -176,8 +239,9 @@ def cmd_sweep(args) -> int:
     lams = args.lam if args.lam is not None else [cfg.reward.lam]
     seeds = args.seeds if args.seeds is not None else [cfg.prompts.seed]
     check_arms(cfg, lams, args.controls, seeds, args.round_)  # before the database is created
-    _check_db_writable(cfg.db)
-    result = sweep(config=cfg, lams=lams, controls=args.controls, seeds=seeds, round_=args.round_)
+    _hold_db(cfg.db)
+    with _flows():
+        result = sweep(config=cfg, lams=lams, controls=args.controls, seeds=seeds, round_=args.round_)
     print(json.dumps(result["arms"], indent=2))
     for reason in result["skipped"].values():
         print(reason)
@@ -216,7 +280,7 @@ def _names(text: str) -> list[str]:
 def cmd_sql(args) -> int:
     from storage.store import Store
 
-    store = Store(args.db, read_only=True)
+    store = Store(args.db, read_only=True, sandbox=True)  # only the store itself can be read
     try:
         frame = store.df(args.query)
     finally:
@@ -245,6 +309,14 @@ def cmd_status(args) -> int:
     print(frame.to_string(index=False, max_colwidth=60))
     print(f"\n{len(frame)} stages; {int((frame.status == 'complete').sum())} complete; "
           f"{int(frame.n_failed.fillna(0).sum())} failed items; {invalid} invalid prompt rows")
+    return 0
+
+
+def cmd_backup(args) -> int:
+    from storage.backup import backup
+
+    copied = backup(args.db, args.dest)
+    print(f"backed up {args.db} to {copied.path}: {copied.n_stages} stages, {copied.bytes / 1e6:.1f} MB")
     return 0
 
 

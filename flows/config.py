@@ -149,7 +149,10 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
     key, sep, text = item.partition("=")
     if not sep or not key:
         raise ValueError(f"--set expects key=value, got {item!r}")
-    value = yaml.safe_load(text) if text.strip() else ""
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(key.strip(), f"--set value {text!r} is not valid YAML ({_yaml_problem(exc)})") from None
     parts = key.strip().split(".")
     if len(parts) == 1:
         if parts[0] not in TOP_LEVEL:
@@ -168,10 +171,19 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
 def read_yaml(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise ValueError(f"config file not found: {path}")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ValueError(f"config file {path}: not valid YAML ({_yaml_problem(exc)})") from None
     if not isinstance(data, dict):
         raise ValueError(f"config file {path} must hold a mapping at top level")
     return data
+
+
+def _yaml_problem(exc: Exception) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{getattr(exc, 'problem', None) or type(exc).__name__}{where}"
 
 
 def _deep_merge(into: dict[str, Any], new: dict[str, Any]) -> None:

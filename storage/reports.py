@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from storage.store import Store
+from storage.store import Store, holder_pid, writer_running
 
 CSR_MODES = ("rank", "value")  # preference_pairs.mode of CSR's own pairs; controls write "random" | "oracle"
 
@@ -87,10 +87,21 @@ def newest_pairs_key(store: Store) -> str | None:
 
 
 def stage_status(store: Store) -> pd.DataFrame:
-    """What `csr status` shows: one row per stage with its item counts, time and error."""
-    return store.df(
-        "SELECT stage, stage_key, status, n_items, n_done, n_failed, round(seconds, 1) AS seconds, "
-        "strftime(started_at, '%Y-%m-%d %H:%M:%S') AS started, error FROM stages_v")
+    """What `csr status` shows: a row per stage with live item counts, its time and error.
+
+    A `running` stage whose process no longer holds the writer lock shows as `interrupted`: it died
+    (killed, crashed, machine lost) and resumes when the same command runs again.
+    """
+    frame = store.df(
+        "SELECT s.stage, s.stage_key, s.status, s.n_items, "
+        "  (SELECT count(*) FROM stage_items i WHERE i.stage_key = s.stage_key AND i.status = 'done') AS n_done, "
+        "  (SELECT count(*) FROM stage_items i WHERE i.stage_key = s.stage_key AND i.status = 'failed') AS n_failed, "
+        "  round(s.seconds, 1) AS seconds, strftime(s.started_at, '%Y-%m-%d %H:%M:%S') AS started, s.pid, s.error "
+        "FROM stages s ORDER BY s.started_at DESC")
+    alive = holder_pid(store.path) if writer_running(store.path) else None
+    gone = (frame["status"] == "running") & (frame["pid"] != alive)
+    frame.loc[gone, "status"] = "interrupted"
+    return frame.drop(columns="pid")
 
 
 def invalid_prompt_count(store: Store) -> int:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -48,17 +49,22 @@ def begin_stage(store: Store, stage: str, key: str, config, upstream: dict, n_it
     now = _now()
     with store.transaction() as con:
         con.execute(
-            "INSERT INTO stages (stage_key, stage, config, upstream, csr_version, status, n_items, started_at) "
-            "VALUES (?, ?, ?, ?, ?, 'running', ?, ?) "
+            "INSERT INTO stages (stage_key, stage, config, upstream, csr_version, status, n_items, started_at, pid) "
+            "VALUES (?, ?, ?, ?, ?, 'running', ?, ?, ?) "
             "ON CONFLICT (stage_key) DO UPDATE SET status = 'running', n_items = excluded.n_items, "
-            "started_at = excluded.started_at, ended_at = NULL, error = NULL",
-            [key, stage, canonical_json(config), canonical_json(upstream), __version__, n_items, now],
+            "started_at = excluded.started_at, ended_at = NULL, error = NULL, pid = excluded.pid",
+            [key, stage, canonical_json(config), canonical_json(upstream), __version__, n_items, now, os.getpid()],
         )
 
 
-def finished_items(store: Store, key: str) -> set[str]:
-    """Items already done or failed (a failed item is recorded, not retried, until the stage is reset)."""
-    return {row[0] for row in store.rows("SELECT item_id FROM stage_items WHERE stage_key = ?", [key])}
+def finished_items(store: Store, key: str, *, retry_failed: bool = False) -> set[str]:
+    """Items already done or failed; with `retry_failed`, only the done ones (failed ones run again)."""
+    sql = "SELECT item_id FROM stage_items WHERE stage_key = ?" + (" AND status = 'done'" if retry_failed else "")
+    return {row[0] for row in store.rows(sql, [key])}
+
+
+def n_failed_items(store: Store, key: str) -> int:
+    return int(store.scalar("SELECT count(*) FROM stage_items WHERE stage_key = ? AND status = 'failed'", [key]))
 
 
 def record_items(con, key: str, done: list[str], failed: dict[str, str] | None = None) -> None:

@@ -86,16 +86,21 @@ def run_item_stage(
     chunk_size: int,
     setup: Callable[[], None] | None = None,
     show_progress: bool = True,
+    retry_failed: bool = False,
 ) -> str:
     """Run an item-wise stage: skip finished items, commit each chunk's rows and progress together.
 
     A crash loses at most the chunk in flight; the rerun resumes at the first unfinished item.
-    `setup` (e.g. loading a model) runs only when some item is left to do.
+    `setup` (e.g. loading a model) runs only when some item is left to do. Failed items are recorded
+    and skipped on resume; `retry_failed` runs them again, in a complete stage too.
     """
-    if skip_if_complete(store, spec):
+    retry = retry_failed and stages.n_failed_items(store, spec.key) > 0
+    if retry:
+        logger().info("%s %s: retrying %d failed items", spec.stage, spec.key, stages.n_failed_items(store, spec.key))
+    elif skip_if_complete(store, spec):
         return spec.key
     stages.begin_stage(store, spec.stage, spec.key, spec.config, spec.upstream, len(items))
-    finished = stages.finished_items(store, spec.key)
+    finished = stages.finished_items(store, spec.key, retry_failed=retry)
     todo = [item for item in items if item not in finished]
     if finished:
         logger().info("resuming %s %s: %d of %d items already done", spec.stage, spec.key, len(finished), len(items))

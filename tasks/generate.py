@@ -52,7 +52,8 @@ def generate_candidates(db: str, search: SearchConfig, reward: RewardConfig, mod
         return ChunkResult(pd.DataFrame(rows, columns=NODE_COLUMNS), [p.prompt_id for p in inputs], failed)
 
     return run_item_stage(store, spec, table="tree_nodes", items=list(prompts.index), process=process,
-                          chunk_size=runtime.chunk_size, setup=setup, show_progress=runtime.progress)
+                          chunk_size=runtime.chunk_size, setup=setup, show_progress=runtime.progress,
+                          retry_failed=runtime.retry_failed)
 
 
 def _load_inputs(prompts: pd.DataFrame, chunk: list[str]) -> tuple[list[PromptInput], dict[str, str]]:

@@ -44,4 +44,5 @@ def score_relevance(db: str, cfg: RelevanceConfig, runtime: RuntimeConfig, score
         return ChunkResult(rows, list(images), failed)
 
     return run_item_stage(store, spec, table="relevance_scores", items=scored, process=process,
-                          chunk_size=max(runtime.chunk_size, 32), setup=setup, show_progress=runtime.progress)
+                          chunk_size=max(runtime.chunk_size, 32), setup=setup, show_progress=runtime.progress,
+                          retry_failed=runtime.retry_failed)

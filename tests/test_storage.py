@@ -66,7 +66,8 @@ def test_a_failed_write_leaves_nothing_behind(tmp_path):
     assert store.scalar("SELECT count(*) FROM stage_items") == 0
 
 
-def test_a_locked_database_names_its_holder(tmp_path, capsys):
+def test_a_locked_database_names_its_holder(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("CSR_DB_WAIT_S", "0.5")  # a process outside csr holds the file and never lets go
     path = tmp_path / "locked.duckdb"
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import duckdb, sys, time

@@ -1,6 +1,7 @@
 """DPO on the tiny LLaVA: one logged step, resume after an interruption, LoRA merge round-trip, TRL export."""
 
 import json
+import logging
 
 import pytest
 import torch
@@ -10,7 +11,14 @@ from transformers import AutoProcessor, TrainerCallback
 
 from csr_testing.tiny_models import make_tiny_llava
 from training.conditional import apply_crop, crop_box
-from training.dpo import load_model_and_processor, lora_config, merge_adapter, train_dpo, trl_args
+from training.dpo import (
+    last_complete_checkpoint,
+    load_model_and_processor,
+    lora_config,
+    merge_adapter,
+    train_dpo,
+    trl_args,
+)
 from training.dpo_config import DPOConfig
 from training.export import export_trl
 from training.pairs import DPOExample, trl_row
@@ -110,6 +118,58 @@ def test_interrupted_training_resumes_from_last_checkpoint(tiny_llava, pairs, tm
     assert straight_weights.keys() == resumed_weights.keys()
     for name, weight in straight_weights.items():
         torch.testing.assert_close(resumed_weights[name], weight, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("damage", ["no_state", "truncated_state"])
+def test_a_checkpoint_cut_short_by_a_kill_is_skipped_on_resume(tiny_llava, pairs, tmp_path, damage, caplog):
+    """A kill while checkpoint-3 was being saved: the rerun continues from checkpoint-2 and finishes."""
+    cfg = FAST.with_overrides(max_steps=4)
+    with pytest.raises(KeyboardInterrupt):
+        train_dpo(tiny_llava, pairs, cfg, tmp_path, callbacks=[_CrashAfterSaving(3)])
+    checkpoints = tmp_path / "checkpoints"
+    assert _checkpoint_names(checkpoints) == ["checkpoint-2", "checkpoint-3"]  # save_total_limit is 2
+    state = checkpoints / "checkpoint-3" / "trainer_state.json"
+    if damage == "no_state":
+        state.unlink()
+    else:
+        state.write_text(state.read_text()[: len(state.read_text()) // 2])
+
+    logs = []
+    with caplog.at_level(logging.WARNING, logger="csr"):
+        resumed = train_dpo(tiny_llava, pairs, cfg, tmp_path, on_log=logs.append)
+    assert resumed.resumed_from_step == 2 and resumed.steps == 4
+    assert [record["step"] for record in logs] == [1, 2, 3, 4]  # 1-2 replayed, 3-4 trained again
+    (warning,) = [r.getMessage() for r in caplog.records if "incomplete DPO checkpoint" in r.getMessage()]
+    assert f"{checkpoints / 'checkpoint-3'} (" in warning
+    assert _checkpoint_names(checkpoints) == ["checkpoint-3", "checkpoint-4"]  # the rotation went on
+    assert last_complete_checkpoint(checkpoints) == str(checkpoints / "checkpoint-4")
+
+
+def _checkpoint_names(checkpoints):
+    return sorted(p.name for p in checkpoints.glob("checkpoint-*"))
+
+
+def test_only_complete_checkpoints_are_resumed_from(tmp_path):
+    def checkpoint(step: int, state: str | None = "{}", adapter: bool = True):
+        path = tmp_path / f"checkpoint-{step}"
+        path.mkdir()
+        if state is not None:
+            (path / "trainer_state.json").write_text(state)
+        if adapter:
+            (path / "adapter_model.safetensors").write_bytes(b"")
+        return path
+
+    assert last_complete_checkpoint(tmp_path / "none") is None
+    complete = checkpoint(2)
+    checkpoint(10)
+    cut = [checkpoint(11, state=None), checkpoint(12, state='{"global_step": 1'), checkpoint(13, adapter=False)]
+    (tmp_path / "checkpoint-x").mkdir()  # not the Trainer's; left alone
+    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-10")  # newest by step, not by name
+    assert not any(path.exists() for path in cut) and complete.is_dir() and (tmp_path / "checkpoint-x").is_dir()
+    for path in (tmp_path / "checkpoint-10", complete):
+        (path / "trainer_state.json").unlink()
+    assert last_complete_checkpoint(tmp_path) is None
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint-x"]
 
 
 def _greedy(model, processor, image):

@@ -2,7 +2,8 @@
 
 Layout of `out_dir`:
     checkpoints/checkpoint-N/   Trainer checkpoints (adapter in safetensors; optimizer/scheduler/RNG states are
-                                torch-serialised by transformers, which exact resumption needs)
+                                torch-serialised by transformers, which exact resumption needs); a resume
+                                continues from the newest complete one and deletes any a kill cut short
     adapter/                    the final LoRA adapter (adapter_config.json + adapter_model.safetensors)
     steps.jsonl                 one JSON record per optimizer step, as handed to `on_log`
     result.json                 written last: the round is done, a rerun returns it without training
@@ -11,6 +12,8 @@ Layout of `out_dir`:
 from __future__ import annotations
 
 import json
+import logging
+import re
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -22,6 +25,8 @@ from transformers import TrainerCallback
 
 from training.dpo_config import DPOConfig, num_decoder_layers
 from training.pairs import DPOExample, trl_dataset
+
+log = logging.getLogger("csr")
 
 STEP_METRICS = (
     "loss",
@@ -98,7 +103,6 @@ def train_dpo(
         _replay_steps(step_file, on_log)
         return TrainResult(**json.loads(result_file.read_text()))
 
-    from transformers.trainer_utils import get_last_checkpoint
     from trl import DPOTrainer
 
     from training.conditional import ImageConditionedDPOTrainer, crop_box
@@ -106,7 +110,7 @@ def train_dpo(
     checkpoint_dir = out_dir / "checkpoints"
     if not resume:
         _clear_previous_run(out_dir)
-    last_checkpoint = get_last_checkpoint(str(checkpoint_dir)) if checkpoint_dir.is_dir() else None
+    last_checkpoint = last_complete_checkpoint(checkpoint_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _replay_steps(step_file, on_log, up_to=_checkpoint_step(last_checkpoint))
     model, processor = load_model_and_processor(model_dir, cfg, trust_remote_code)
@@ -145,12 +149,12 @@ def train_dpo(
 
 def load_model_and_processor(model_dir: str | Path, cfg: DPOConfig, trust_remote_code: bool = False):
     """Load a VLM and its processor from a local save_pretrained directory (never from the network)."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoProcessor
+
+    from csr_core.adapters.vlm import load_vlm_weights
 
     dtype = torch.bfloat16 if cfg.bf16 and _on_cuda(cfg) else torch.float32
-    model = AutoModelForImageTextToText.from_pretrained(
-        model_dir, dtype=dtype, local_files_only=True, trust_remote_code=trust_remote_code
-    )
+    model = load_vlm_weights(model_dir, dtype=dtype, local_files_only=True, trust_remote_code=trust_remote_code)
     processor = AutoProcessor.from_pretrained(
         model_dir, local_files_only=True, trust_remote_code=trust_remote_code
     )
@@ -237,6 +241,45 @@ def _clear_previous_run(out_dir: Path) -> None:
             path.unlink()
 
 
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+_CHECKPOINT = re.compile(r"checkpoint-(\d+)")  # transformers' PREFIX_CHECKPOINT_DIR-<step>
+
+
+def last_complete_checkpoint(checkpoint_dir: Path) -> str | None:
+    """The newest `checkpoint-N` that a kill did not cut short, or None; incomplete ones are deleted.
+
+    The Trainer writes a checkpoint's adapter, optimizer, scheduler and RNG states first and
+    `trainer_state.json` last, so a checkpoint is complete when that file parses and the adapter weights are
+    there. An incomplete one is removed (and logged): resuming from it fails, and left in place the Trainer's
+    rotation would count it among the checkpoints it keeps.
+    """
+    if not checkpoint_dir.is_dir():
+        return None
+    candidates = [p for p in checkpoint_dir.iterdir() if p.is_dir() and _CHECKPOINT.fullmatch(p.name)]
+    for checkpoint in sorted(candidates, key=lambda p: _checkpoint_step(str(p)), reverse=True):
+        problem = _incomplete(checkpoint)
+        if problem is None:
+            return str(checkpoint)
+        log.warning("skipping incomplete DPO checkpoint %s (%s); deleting it", checkpoint, problem)
+        shutil.rmtree(checkpoint)
+    return None
+
+
+def _incomplete(checkpoint: Path) -> str | None:
+    from transformers.trainer import TRAINER_STATE_NAME
+
+    state_file = checkpoint / TRAINER_STATE_NAME
+    if not state_file.is_file():
+        return f"no {TRAINER_STATE_NAME}"
+    try:
+        json.loads(state_file.read_text())
+    except ValueError as error:
+        return f"{TRAINER_STATE_NAME} does not parse: {error}"
+    if not (checkpoint / ADAPTER_WEIGHTS).is_file():
+        return f"no {ADAPTER_WEIGHTS}"
+    return None
+
+
 def _checkpoint_step(checkpoint: str | None) -> int:
     return int(Path(checkpoint).name.split("-")[-1]) if checkpoint else 0
 
@@ -254,14 +297,14 @@ def merge_adapter(
     Written to a temporary sibling and renamed, so an interrupted merge never leaves a half-written model.
     """
     from peft import PeftModel
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoProcessor
+
+    from csr_core.adapters.vlm import load_vlm_weights
 
     out_dir = Path(out_dir)
     if (out_dir / "config.json").exists():
         return out_dir
-    base = AutoModelForImageTextToText.from_pretrained(
-        base_model_dir, dtype="auto", local_files_only=True, trust_remote_code=trust_remote_code
-    )
+    base = load_vlm_weights(base_model_dir, dtype="auto", local_files_only=True, trust_remote_code=trust_remote_code)
     merged = PeftModel.from_pretrained(base, str(adapter_dir), local_files_only=True).merge_and_unload()
     processor = AutoProcessor.from_pretrained(
         base_model_dir, local_files_only=True, trust_remote_code=trust_remote_code

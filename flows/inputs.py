@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,10 +40,12 @@ def resolve_inputs(cfg: RunConfig) -> Inputs:
 
 
 def check_user_inputs(cfg: RunConfig, *, need_eval: bool = True) -> Inputs:
-    """Fail fast, with one clear line, on user-supplied paths that do not exist.
+    """Fail fast, with one clear line, on user-supplied paths that do not exist, model dirs without complete
+    safetensors weights, and a CUDA device torch cannot find.
 
     World paths are exempt: the world stages build them.
     """
+    _check_cuda(cfg)
     inputs = resolve_inputs(cfg)
     checks = [
         (cfg.prompts.source != WORLD, inputs.pool_file, "prompts.source", Path.is_file),
@@ -55,8 +58,97 @@ def check_user_inputs(cfg: RunConfig, *, need_eval: bool = True) -> Inputs:
     for applies, path, name, exists in checks:
         if applies and not exists(Path(path)):
             raise ConfigError(name, f"not found: {path or '(empty)'}")
-    _check_lora_layers(cfg, inputs.model_dir)
+    _check_lora_layers(cfg, inputs.model_dir)  # needs only config.json, so it may come first
+    if cfg.model.path != WORLD:
+        check_vlm_dir(Path(inputs.model_dir), "model.path")
+    if cfg.relevance.model_dir != WORLD:
+        check_open_clip_dir(Path(inputs.scorer_dir), "relevance.model_dir")
     return inputs
+
+
+def _check_cuda(cfg: RunConfig) -> None:
+    for field, device in (("runtime.device", cfg.runtime.device), ("dpo.device", cfg.dpo.device)):
+        if device == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ConfigError(field, "cuda requested but torch finds no CUDA device "
+                                         "(torch.cuda.is_available() is False); use auto or cpu")
+
+
+PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth")
+SAFETENSORS_ONLY = "csr loads safetensors only"
+MAX_SAFETENSORS_HEADER = 100_000_000  # the safetensors library refuses longer headers
+
+
+def check_vlm_dir(model_dir: Path, field: str) -> None:
+    """A transformers save_pretrained dir: config.json and complete safetensors weights (one file or shards)."""
+    if not (model_dir / "config.json").is_file():
+        raise ConfigError(field, f"no config.json in {model_dir} (a transformers save_pretrained dir is expected)")
+    single, index = model_dir / "model.safetensors", model_dir / "model.safetensors.index.json"
+    if single.is_file():
+        check_safetensors(single, field)
+    elif index.is_file():
+        shards = _index_shards(index, field)
+        missing = [shard.name for shard in shards if not shard.is_file()]
+        if missing:
+            raise ConfigError(field, f"missing shard {', '.join(missing)} listed in {index}")
+        for shard in shards:
+            check_safetensors(shard, field)
+    else:
+        _refuse_missing_weights(model_dir, field, "model.safetensors or model.safetensors.index.json")
+
+
+def check_open_clip_dir(model_dir: Path, field: str) -> None:
+    """An open_clip local dir: open_clip_config.json and complete open_clip_model.safetensors."""
+    if not (model_dir / "open_clip_config.json").is_file():
+        raise ConfigError(field, f"no open_clip_config.json in {model_dir} (an open_clip local dir is expected)")
+    weights = model_dir / "open_clip_model.safetensors"
+    if not weights.is_file():
+        _refuse_missing_weights(model_dir, field, weights.name)
+    check_safetensors(weights, field)
+
+
+def _refuse_missing_weights(model_dir: Path, field: str, expected: str) -> None:
+    pickles = sorted(p.name for pattern in PICKLE_PATTERNS for p in model_dir.glob(pattern))
+    if pickles:
+        raise ConfigError(field, f"{model_dir} holds pickle weights ({', '.join(pickles)}), not {expected}: "
+                                 f"{SAFETENSORS_ONLY}")
+    raise ConfigError(field, f"no weights in {model_dir}: expected {expected} ({SAFETENSORS_ONLY})")
+
+
+def _index_shards(index: Path, field: str) -> list[Path]:
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        names = sorted(set(weight_map.values()))
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise ConfigError(field, f"unreadable safetensors index {index} ({error})") from None
+    if not names:
+        raise ConfigError(field, f"safetensors index {index} lists no shards")
+    return [index.parent / name for name in names]
+
+
+def check_safetensors(path: Path, field: str) -> None:
+    """Raise unless `path` is a complete safetensors file: an 8-byte little-endian header length, a JSON
+    header, and at least as many data bytes as the header's largest `data_offsets` end (reads the header only)."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise ConfigError(field, f"truncated safetensors file {path} ({size} of at least 8 bytes)")
+        (header_len,) = struct.unpack("<Q", head)
+        if header_len > MAX_SAFETENSORS_HEADER:
+            raise ConfigError(field, f"not a safetensors file: {path} (header length {header_len})")
+        if 8 + header_len > size:
+            raise ConfigError(field, f"truncated safetensors file {path} ({size} of at least {8 + header_len} bytes)")
+        try:
+            header = json.loads(f.read(header_len))
+            ends = [int(entry["data_offsets"][1]) for name, entry in header.items() if name != "__metadata__"]
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as error:
+            raise ConfigError(field, f"not a safetensors file: {path} (bad header: {error})") from None
+    expected = 8 + header_len + max(ends, default=0)
+    if size < expected:
+        raise ConfigError(field, f"truncated safetensors file {path} ({size} of {expected} bytes)")
 
 
 def _check_lora_layers(cfg: RunConfig, model_dir: str) -> None:

@@ -8,6 +8,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+WEIGHTS_FILE = "open_clip_model.safetensors"  # the first name open_clip's local-dir loader looks for
+
 
 class OpenClipRelevance:
     def __init__(self, model, preprocess, tokenizer, *, device: str = "cpu"):
@@ -18,10 +20,21 @@ class OpenClipRelevance:
 
     @classmethod
     def from_pretrained(cls, model_dir, *, device="cpu") -> OpenClipRelevance:
+        """Load `model_dir/open_clip_model.safetensors` into the model `open_clip_config.json` describes.
+
+        open_clip's local-dir loader takes whatever weights file it finds and, finding none, logs a warning and
+        returns a randomly initialised model. Here the file must exist (open_clip then prefers it to any other
+        in the dir), `require_pretrained` makes open_clip raise unless a checkpoint was actually loaded, and
+        its strict load refuses one that lacks any of the model's tensors.
+        """
         import open_clip
 
+        weights = Path(model_dir) / WEIGHTS_FILE
+        if not weights.is_file():
+            raise FileNotFoundError(f"{model_dir}: no {WEIGHTS_FILE}; the open_clip model would be initialised "
+                                    "randomly (csr loads safetensors only)")
         name = "local-dir:" + str(Path(model_dir))
-        model, _, preprocess = open_clip.create_model_and_transforms(name, device=device)
+        model, _, preprocess = open_clip.create_model_and_transforms(name, device=device, require_pretrained=True)
         return cls(model, preprocess, open_clip.get_tokenizer(name), device=device)
 
     @torch.inference_mode()

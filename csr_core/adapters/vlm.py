@@ -34,6 +34,26 @@ class PrefixState:
         return self.kv[0][0].shape[-2]
 
 
+class MissingWeightsError(ValueError):
+    """A checkpoint lacks parameters the model has: loading it would initialise them randomly."""
+
+
+def load_vlm_weights(model_dir, **kwargs):
+    """`AutoModelForImageTextToText.from_pretrained(model_dir, **kwargs)`, refusing a checkpoint that lacks some of
+    the model's parameters (transformers would initialise them randomly and only log it)."""
+    from transformers import AutoModelForImageTextToText
+
+    model, info = AutoModelForImageTextToText.from_pretrained(model_dir, output_loading_info=True, **kwargs)
+    missing = sorted(info.get("missing_keys") or ())
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise MissingWeightsError(
+            f"{model_dir}: the weights lack {len(missing)} of the model's parameters ({shown}); "
+            "they would be initialised randomly"
+        )
+    return model
+
+
 def _resolve_dtype(dtype):
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
@@ -53,14 +73,12 @@ class LlavaAdapter:
 
     @classmethod
     def from_pretrained(cls, model_dir, *, device="cpu", dtype=None, trust_remote_code=False) -> LlavaAdapter:
-        from transformers import AutoModelForImageTextToText, AutoProcessor
+        from transformers import AutoProcessor
 
         model_dir = str(Path(model_dir))
         processor = AutoProcessor.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
-        model = AutoModelForImageTextToText.from_pretrained(
-            model_dir, dtype=_resolve_dtype(dtype), trust_remote_code=trust_remote_code
-        ).to(device)
-        return cls(model, processor, device=device)
+        model = load_vlm_weights(model_dir, dtype=_resolve_dtype(dtype), trust_remote_code=trust_remote_code)
+        return cls(model.to(device), processor, device=device)
 
     # --- prompts -------------------------------------------------------------------------------------------
     def format_prompt(self, instruction: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from csr_core.metrics import POPE_SPLITS
+from csr_core.prompts import WHEN_EXHAUSTED
 from csr_core.validation import require, require_choice
 
 WORLD = "world"  # stands for "the miniature world's artifact" in path-like fields
@@ -22,16 +23,21 @@ class PromptConfig:
     """Where prompts come from and how many each round samples.
 
     `source` is "world" (the miniature world's prompt pool) or a JSON file in the CSR prompt format
-    (`[{"id", "image", "input"}]`), with images under `image_dir`.
+    (`[{"id", "image", "input"}]`), with images under `image_dir`. Rounds draw disjoint prompts; when
+    the pool runs out, `when_exhausted` says what happens: "stop" (the default) gives the round that
+    reaches the end what is left and fails a round that would start beyond it; "reuse" draws further
+    seeded shuffles of the pool (`csr_core.prompts.sample_round`).
     """
 
     source: str = WORLD
     image_dir: str = ""
     n_per_round: int = 200
     seed: int = 0
+    when_exhausted: str = "stop"
 
     def __post_init__(self):
         require(self.n_per_round > 0, "n_per_round", f"must be positive, got {self.n_per_round}")
+        require_choice(self.when_exhausted, "when_exhausted", WHEN_EXHAUSTED)
         require(bool(self.source), "source", "must be 'world' or a path to a prompt JSON file")
 
 

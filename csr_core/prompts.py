@@ -7,6 +7,11 @@ from dataclasses import dataclass
 from typing import Any
 
 IMAGE_PLACEHOLDER = "<image>"
+WHEN_EXHAUSTED = ("stop", "reuse")  # prompts.when_exhausted: what a round beyond the pool does
+
+
+class PoolExhausted(ValueError):
+    """A round starts beyond the pool and `when_exhausted` is "stop"."""
 
 
 @dataclass(frozen=True)
@@ -37,25 +42,59 @@ def without_image_placeholder(text: str) -> str:
     return text.replace(IMAGE_PLACEHOLDER, "").strip()
 
 
-def sample_round(prompt_ids: Sequence[str], n: int, round_: int, seed: int) -> list[str]:
-    """The prompts of round `round_` (1-based): consecutive slices of one seeded shuffle of the pool.
+def sample_round(prompt_ids: Sequence[str], n: int, round_: int, seed: int,
+                 when_exhausted: str = "stop") -> list[str]:
+    """The prompts of round `round_` (1-based); a round never holds a prompt twice.
 
-    Rounds therefore see disjoint prompts until the pool runs out; after that a new shuffle
-    (seed + pass number) continues, so a small pool still serves every round.
+    Rounds are consecutive slices of one seeded shuffle of the sorted ids (`Random(f"{seed}:0")`), so
+    they draw disjoint prompts until the pool runs out. Then, with `when_exhausted`:
+
+    - "stop": the round that reaches the end gets what is left (fewer than n); a round that would start
+      beyond the pool raises `PoolExhausted`.
+    - "reuse": rounds go on over further shuffles (pass c uses `Random(f"{seed}:{c}")`). A round spanning
+      two passes skips the ids it already holds from the first; those move to the end of the second
+      pass, so every pass still serves each prompt once. Every round holds min(n, pool) prompts.
     """
     if n <= 0 or round_ < 1:
         raise ValueError(f"need n > 0 and round >= 1, got n={n}, round={round_}")
-    if not prompt_ids:
-        return []
-    ordered = sorted(prompt_ids)
+    if when_exhausted not in WHEN_EXHAUSTED:
+        raise ValueError(f"when_exhausted must be one of {WHEN_EXHAUSTED}, got {when_exhausted!r}")
+    ordered = sorted(set(prompt_ids))
     start = (round_ - 1) * n
+    if when_exhausted == "stop" or start + n <= len(ordered):
+        if start >= len(ordered):
+            raise PoolExhausted(
+                f"prompts: round {round_} needs prompts {start + 1}-{start + n} but the pool has {len(ordered)} "
+                "valid prompts; set prompts.when_exhausted=reuse, lower prompts.n_per_round or add prompts")
+        return _shuffled(ordered, seed, 0)[start:start + n]
+    if not ordered:
+        raise PoolExhausted("prompts: the pool has no valid prompts to reuse")
+    return _reused_round(ordered, n, round_, seed)
+
+
+def _reused_round(ordered: list[str], n: int, round_: int, seed: int) -> list[str]:
+    """Round `round_` of the "reuse" stream: each round takes the next min(n, pool) prompts."""
+    size = min(n, len(ordered))
+    current, pass_no, pos = _shuffled(ordered, seed, 0), 0, 0
     picked: list[str] = []
-    while len(picked) < min(n, len(ordered)):
-        cycle, offset = divmod(start + len(picked), len(ordered))
-        order = ordered[:]
-        random.Random(f"{seed}:{cycle}").shuffle(order)
-        picked.append(order[offset])
+    for _ in range(round_):
+        picked = current[pos:pos + size]
+        pos += len(picked)
+        if len(picked) < size:  # the pass runs out inside this round: continue in the next one
+            pass_no += 1
+            held = set(picked)
+            following = _shuffled(ordered, seed, pass_no)
+            need = size - len(picked)
+            current = [pid for pid in following if pid not in held] + [pid for pid in following if pid in held]
+            picked += current[:need]
+            pos = need
     return picked
+
+
+def _shuffled(ordered: list[str], seed: int, pass_no: int) -> list[str]:
+    order = ordered[:]
+    random.Random(f"{seed}:{pass_no}").shuffle(order)
+    return order
 
 
 def _row_problem(row: Any, seen: set[str]) -> str | None:

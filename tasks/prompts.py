@@ -12,7 +12,7 @@ from csr_core.config import PromptConfig
 from csr_core.prompts import parse_pool, sample_round
 from storage.artifacts import replace_stage_rows
 from storage.store import open_store
-from tasks.common import TASK_OPTIONS, StageSpec, file_sha256, run_whole_stage
+from tasks.common import TASK_OPTIONS, StageSpec, file_sha256, logger, run_whole_stage
 
 
 def prompts_spec(cfg: PromptConfig, round_: int, pool_file: str, image_dir: str, pool_key: str) -> StageSpec:
@@ -30,8 +30,12 @@ def sample_prompts(db: str, cfg: PromptConfig, round_: int, pool_file: str, imag
         rows = json.loads(Path(pool_file).read_text())
         valid, invalid = parse_pool(rows if isinstance(rows, list) else [])
         by_id = {p.prompt_id: p for p in valid}
-        records = [_check_image(by_id[pid], image_dir, round_) for pid in sample_round(list(by_id), cfg.n_per_round,
-                                                                                       round_, cfg.seed)]
+        picked = sample_round(list(by_id), cfg.n_per_round, round_, cfg.seed, cfg.when_exhausted)
+        if len(picked) < cfg.n_per_round:
+            logger().warning("round %d gets %d of prompts.n_per_round=%d prompts: the pool has %d valid prompts "
+                             "(prompts.when_exhausted=%s)", round_, len(picked), cfg.n_per_round, len(by_id),
+                             cfg.when_exhausted)
+        records = [_check_image(by_id[pid], image_dir, round_) for pid in picked]
         records += [_invalid_row(pid, reason, round_) for pid, reason in invalid.items()]
         replace_stage_rows(store, "prompts", key, pd.DataFrame(records))
 

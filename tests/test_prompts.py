@@ -38,8 +38,11 @@ def test_rounds_draw_disjoint_prompts_until_the_pool_runs_out():
     rounds = [sample_round(pool, 4, r, seed=7) for r in (1, 2)]
     assert len(set(rounds[0]) | set(rounds[1])) == 8
     assert sample_round(pool, 4, 1, seed=7) == rounds[0] and sample_round(pool, 4, 1, seed=8) != rounds[0]
-    third = sample_round(pool, 4, 3, seed=7)  # 2 left in the first pass, then a new shuffle
-    assert len(set(third)) == 4 and len(set(third) - set(rounds[0]) - set(rounds[1])) >= 2
+    third = sample_round(pool, 4, 3, seed=7)  # stop (the default): the 2 left in the pool
+    assert len(third) == 2 and set(third) == set(pool) - set(rounds[0]) - set(rounds[1])
+    reused = sample_round(pool, 4, 3, seed=7, when_exhausted="reuse")  # the 2 left, then a new shuffle
+    assert len(set(reused)) == 4 and reused[:2] == third
+
 
 
 def test_the_sample_stage_records_image_hashes_and_unusable_rows(tmp_path):

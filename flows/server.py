@@ -1,10 +1,11 @@
 """The Prefect API a `csr` command's flows report to: the configured server, or a temporary one of csr's own.
 
-With `PREFECT_API_URL` set, the server must answer its health check before any work starts. Without it,
-Prefect would start a temporary server itself; csr starts the same server (Prefect's ASGI app under uvicorn,
-as `prefect.server.api.server.SubprocessASGIServer` does) so that it can promise what Prefect's does not:
-the server stops when csr exits, whether normally, by Ctrl-C, or by SIGTERM, and on Linux it also dies with
-csr after a SIGKILL (the kernel's parent-death signal), so no server is left holding the caller's terminal.
+With `PREFECT_API_URL` set (in the environment or the active Prefect profile), the server must answer its
+health check before any work starts. Without it, Prefect would start a temporary server itself; csr starts
+the same server (Prefect's ASGI app under uvicorn, as `prefect.server.api.server.SubprocessASGIServer` does)
+so that it can promise what Prefect's does not: the server stops when csr exits, whether normally, by Ctrl-C,
+or by SIGTERM, and on Linux it also dies with csr after a SIGKILL (the kernel's parent-death signal), so no
+server is left holding the caller's terminal.
 """
 from __future__ import annotations
 
@@ -32,7 +33,9 @@ class PrefectUnavailable(RuntimeError):
 @contextmanager
 def prefect_api() -> Iterator[str]:
     """The API URL flows will use during the block, checked or started before anything runs."""
-    url = os.environ.get("PREFECT_API_URL", "").strip()
+    from prefect.settings import PREFECT_API_URL
+
+    url = (PREFECT_API_URL.value() or "").strip()  # the environment, the active Prefect profile, or a harness
     if url:
         check_reachable(url)
         yield url

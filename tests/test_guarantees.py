@@ -1,0 +1,185 @@
+"""What survives a kill, what a copy of the store holds, what `csr sql` may touch, and one-line errors."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from flows.cli import main as csr
+from storage.store import Store, close_all
+
+ROOT = Path(__file__).resolve().parent.parent
+CSR = str(Path(sys.executable).parent / "csr")
+TINY = str(ROOT / "configs" / "tiny.yaml")
+ARTIFACT_TABLES = ("stages", "prompts", "tree_nodes", "relevance_scores", "preference_pairs", "training_metrics",
+                   "models", "eval_results", "eval_responses")
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, tiny_world):
+    """A one-round tiny run on a private copy of the world's store."""
+    from flows.pipeline import csr_pipeline
+
+    root = tmp_path_factory.mktemp("finished")
+    db = root / "csr.duckdb"
+    shutil.copy(tiny_world["db"], db)
+    overrides = [f"db={db}", f"data_dir={tiny_world['data_dir']}"]
+    csr_pipeline(config_files=[TINY], overrides=overrides)
+    close_all()
+    return {"db": db, "overrides": overrides, "data_dir": tiny_world["data_dir"]}
+
+
+def _counts(db: Path) -> dict[str, int]:
+    store = Store(db, read_only=True)
+    try:
+        return {table: store.scalar(f"SELECT count(*) FROM {table}") for table in ARTIFACT_TABLES}
+    finally:
+        store.close()
+
+
+def test_the_duckdb_file_alone_is_the_whole_store_after_a_run(finished, tmp_path):
+    assert not Path(str(finished["db"]) + ".wal").exists()
+    copy = tmp_path / "copy.duckdb"
+    shutil.copyfile(finished["db"], copy)  # the file alone, as a user backing it up would
+    counts = _counts(copy)
+    assert counts == _counts(finished["db"]) and all(n > 0 for n in counts.values()), counts
+
+
+def test_csr_backup_copies_a_complete_store(finished, tmp_path, capsys):
+    dest = tmp_path / "backups" / "csr.duckdb"
+    assert csr(["backup", str(dest), "--db", str(finished["db"])]) == 0
+    assert _counts(dest) == _counts(finished["db"])
+    assert csr(["backup", str(dest), "--db", str(finished["db"])]) == 2
+    assert "exists" in capsys.readouterr().err
+
+
+def test_csr_sql_reads_the_store_and_nothing_else(finished, tmp_path, capsys):
+    db = str(finished["db"])
+    other = tmp_path / "other.duckdb"
+    Store(other).close()
+    for query in (f"COPY stages TO '{tmp_path / 'out.csv'}'", "SELECT * FROM read_csv('/etc/passwd')",
+                  f"ATTACH '{other}' AS o (READ_WRITE)", "INSTALL httpfs", "SET enable_external_access = true",
+                  "SELECT nonsense FROM nowhere"):
+        assert csr(["sql", query, "--db", db]) == 2, query
+        err = capsys.readouterr().err
+        assert err.startswith("csr: error: database:") and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out.csv").exists()
+    assert csr(["sql", "SELECT count(*) AS n FROM stages", "--db", db]) == 0
+
+
+def _writer_process(db: Path, script: str) -> subprocess.Popen:
+    code = textwrap.dedent(f"""
+        import sys, time
+        from storage import stages
+        from storage.store import open_store
+        store = open_store({str(db)!r})
+        {script}
+        print("ready", flush=True)
+        time.sleep(120)
+    """)
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "ready"
+    return process
+
+
+def test_status_and_sql_work_while_a_stage_runs_and_a_dead_run_shows_interrupted(tmp_path, capsys):
+    db = tmp_path / "csr.duckdb"
+    writer = _writer_process(db, """
+        stages.begin_stage(store, "generate_candidates", "generate_candidates-k", {}, {}, 10)
+        with store.transaction() as con:
+            stages.record_items(con, "generate_candidates-k", ["p1", "p2"], {"p3": "cannot read image"})
+    """)
+    try:
+        assert csr(["status", "--db", str(db)]) == 0
+        out = capsys.readouterr().out
+        assert "running" in out and "interrupted" not in out
+        assert csr(["sql", "SELECT n_done FROM stages", "--db", str(db), "--format", "csv"]) == 0
+        capsys.readouterr()
+        assert csr(["run", "--db", str(db), "--config", TINY]) == 2  # a second writer: one line, its holder
+        assert f"PID {writer.pid}" in capsys.readouterr().err
+    finally:
+        writer.kill()
+        writer.wait()
+    assert csr(["status", "--db", str(db)]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if "generate_candidates-k" in line)
+    assert "interrupted" in row and " 2 " in row and " 1 " in row  # its real counts: 2 done, 1 failed
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        found |= {int(c) for c in (task / "children").read_text().split()}
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0] not in ("Z", "X")
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_a_killed_run_leaves_no_prefect_server(finished, tmp_path, sig):
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    db = tmp_path / "csr.duckdb"
+    shutil.copy(finished["db"], db)
+    run = subprocess.Popen([CSR, "run", "--config", TINY, "--db", str(db), "--data-dir", str(finished["data_dir"]),
+                            "--set", "rounds=3"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline, server = time.time() + 120, None
+    while time.time() < deadline and server is None and run.poll() is None:
+        server = next(iter(_children(run.pid)), None)
+        time.sleep(0.2)
+    assert server is not None, "no temporary Prefect server started"
+    time.sleep(3)  # let the flow get going
+    run.send_signal(sig)
+    _, err = run.communicate(timeout=60)
+    deadline = time.time() + 20
+    while time.time() < deadline and _alive(server):
+        time.sleep(0.2)
+    assert not _alive(server), f"the Prefect server (PID {server}) outlived csr"
+    if sig == signal.SIGTERM:
+        assert run.returncode == 143 and "rerun the same command to resume" in err and "Traceback" not in err
+
+
+def test_bad_yaml_and_an_unreachable_prefect_server_are_one_line_before_any_work(tmp_path, capsys, monkeypatch):
+    db = tmp_path / "never.duckdb"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("reward: {lam: [0.5\n")
+    for args, message in ((["--config", str(bad)], f"config file {bad}: not valid YAML"),
+                          (["--set", "reward.lam=[1,"], "reward.lam: --set value '[1,' is not valid YAML")):
+        assert csr(["run", "--db", str(db), *args]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:9/api"}):
+        assert csr(["rescore", "--db", str(db), "--config", TINY]) == 2
+    err = capsys.readouterr().err
+    assert "PREFECT_API_URL=http://127.0.0.1:9/api does not answer" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("needs to mount a small tmpfs (root)")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_is_one_line(finished, small_disk, capsys):
+    assert csr(["backup", str(small_disk / "csr.duckdb"), "--db", str(finished["db"])]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("csr: error: disk full") and len(err.strip().splitlines()) == 1, err

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 IMAGE_PLACEHOLDER = "<image>"
+MAX_INSTRUCTION_CHARS = 8000  # far beyond any real instruction; a cheap guard before any model sees it
 WHEN_EXHAUSTED = ("stop", "reuse")  # prompts.when_exhausted: what a round beyond the pool does
 
 
@@ -22,18 +23,35 @@ class PoolPrompt:
 
 
 def parse_pool(rows: Sequence[Any]) -> tuple[list[PoolPrompt], dict[str, str]]:
-    """Valid prompts, and {row id: reason} for malformed rows (the rest of the pool stays usable)."""
+    """Valid prompts, and {row name: reason} for malformed rows (the rest of the pool stays usable).
+
+    A row is named by its id. The first row with an id owns it: a later row with the same id is
+    invalid under its own name (`"<id>#row<index>"`), as is a row without a usable id (`"row-<index>"`),
+    so an invalid row never shares a valid prompt's id. Row indices count from 0.
+    """
+    claimed = {_id_text(row) for row in rows} - {None}
+    first_at: dict[str, int] = {}
+    names: set[str] = set()
     valid: list[PoolPrompt] = []
     invalid: dict[str, str] = {}
-    seen: set[str] = set()
     for index, row in enumerate(rows):
-        row_id = str(row.get("id", f"row-{index}")) if isinstance(row, dict) else f"row-{index}"
-        reason = _row_problem(row, seen)
-        if reason:
-            invalid[row_id] = reason
+        row_id = _id_text(row)
+        if row_id is not None and row_id in first_at:
+            name = _fresh_name(f"{row_id}#row{index}", index, claimed | names)
+            invalid[name] = f"duplicate id (first at row {first_at[row_id]})"
+            names.add(name)
             continue
-        seen.add(row_id)
-        valid.append(PoolPrompt(row_id, str(row["image"]), without_image_placeholder(row["input"])))
+        if row_id is None:
+            name = _fresh_name(f"row-{index}", index, claimed | names)
+        else:
+            name = row_id
+            first_at[row_id] = index
+        names.add(name)
+        reason = _row_problem(row)
+        if reason:
+            invalid[name] = reason
+            continue
+        valid.append(PoolPrompt(name, row["image"], without_image_placeholder(row["input"])))
     return valid, invalid
 
 
@@ -97,16 +115,50 @@ def _shuffled(ordered: list[str], seed: int, pass_no: int) -> list[str]:
     return order
 
 
-def _row_problem(row: Any, seen: set[str]) -> str | None:
+def _id_text(row: Any) -> str | None:
+    """A row's id as text, or None when it has none usable as a name (missing, wrong type, not UTF-8)."""
+    if not isinstance(row, dict) or "id" not in row:
+        return None
+    value = row["id"]
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return None
+    text = str(value)
+    return text if _encodable(text) else None
+
+
+def _fresh_name(name: str, index: int, taken: set[str]) -> str:
+    while name in taken:  # a real id happens to look like a generated name
+        name = f"{name}#row{index}"
+    return name
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates, as JSON's "\ud800" escapes produce
+        return False
+    return True
+
+
+def _row_problem(row: Any) -> str | None:
     if not isinstance(row, dict):
         return f"not an object: {row!r:.60}"
     for name in ("id", "image", "input"):
         if name not in row:
             return f"missing field '{name}'"
-    if not isinstance(row["input"], str) or not without_image_placeholder(row["input"]):
+    if isinstance(row["id"], bool) or not isinstance(row["id"], str | int):
+        return f"id must be a string or an integer, got {type(row['id']).__name__}"
+    for name in ("image", "input"):
+        if not isinstance(row[name], str):
+            return f"{name} must be a string, got {type(row[name]).__name__}"
+    for name in ("id", "image", "input"):
+        if isinstance(row[name], str) and not _encodable(row[name]):
+            return f"{name} not encodable as UTF-8"
+    instruction = without_image_placeholder(row["input"])
+    if not instruction:
         return "empty instruction"
-    if not isinstance(row["image"], str) or not row["image"].strip():
+    if len(instruction) > MAX_INSTRUCTION_CHARS:
+        return f"instruction of {len(instruction)} characters; longer than {MAX_INSTRUCTION_CHARS}"
+    if not row["image"].strip():
         return "empty image name"
-    if str(row["id"]) in seen:
-        return "duplicate id"
     return None

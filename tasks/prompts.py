@@ -9,7 +9,8 @@ from PIL import Image
 from prefect import task
 
 from csr_core.config import PromptConfig
-from csr_core.prompts import parse_pool, sample_round
+from csr_core.prompts import PoolExhausted, parse_pool, sample_round
+from csr_core.validation import ConfigError
 from storage.artifacts import replace_stage_rows
 from storage.store import open_store
 from tasks.common import TASK_OPTIONS, StageSpec, file_sha256, logger, run_whole_stage
@@ -20,15 +21,59 @@ def prompts_spec(cfg: PromptConfig, round_: int, pool_file: str, image_dir: str,
     return StageSpec("sample_prompts", config, {"pool": pool_key})
 
 
-@task(name="sample-prompts", retries=2, retry_delay_seconds=1, **TASK_OPTIONS)
+def read_prompt_file(path: str | Path) -> list:
+    """The rows of a prompt file, checked whole before any work: UTF-8 JSON, a list, one valid row at least.
+
+    Malformed rows are not an error here (the stage records them); a file no row of which is usable is.
+    Raises `ConfigError("prompts.source", ...)` naming the file and the reason.
+    """
+    def fail(why: str) -> ConfigError:
+        return ConfigError("prompts.source", f"{path}: {why}")
+
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise fail("prompt file not found") from None
+    except OSError as exc:
+        raise fail(f"cannot read the prompt file: {exc.strerror or exc}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise fail(f"not UTF-8 (byte {exc.start}: {exc.reason})") from None
+    try:
+        rows = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise fail(f"not JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
+    if not isinstance(rows, list):
+        raise fail(f"must hold a JSON list of prompt rows, got a JSON {_json_type(rows)}")
+    valid, invalid = parse_pool(rows)
+    if not valid:
+        example = next(iter(invalid.items()), None)
+        detail = f"; e.g. {example[0]}: {example[1]}" if example else ""
+        raise fail(f"no valid prompt row among {len(rows)}{detail}")
+    return rows
+
+
+def _retry_unless_bad_input(task, task_run, state) -> bool:
+    """Retry transient failures only: a bad prompt file or an exhausted pool fails the same way again."""
+    try:
+        state.result()
+    except (ConfigError, PoolExhausted):
+        return False
+    except Exception:
+        return True
+    return True
+
+
+@task(name="sample-prompts", retries=2, retry_delay_seconds=1, retry_condition_fn=_retry_unless_bad_input,
+      **TASK_OPTIONS)
 def sample_prompts(db: str, cfg: PromptConfig, round_: int, pool_file: str, image_dir: str, pool_key: str) -> str:
     """Draw round `round_`'s prompts; record each with its image hash, or the reason it is unusable."""
     store = open_store(db)
     spec = prompts_spec(cfg, round_, pool_file, image_dir, pool_key)
 
     def work(key: str) -> None:
-        rows = json.loads(Path(pool_file).read_text())
-        valid, invalid = parse_pool(rows if isinstance(rows, list) else [])
+        valid, invalid = parse_pool(read_prompt_file(pool_file))
         by_id = {p.prompt_id: p for p in valid}
         picked = sample_round(list(by_id), cfg.n_per_round, round_, cfg.seed, cfg.when_exhausted)
         if len(picked) < cfg.n_per_round:
@@ -47,6 +92,10 @@ def pool_fingerprint(pool_file: str) -> str:
     if not Path(pool_file).is_file():
         raise ValueError(f"prompt pool not found: {pool_file}")
     return "pool-" + file_sha256(pool_file)[:16]
+
+
+def _json_type(value) -> str:
+    return {dict: "object", str: "string", bool: "boolean", type(None): "null"}.get(type(value), "number")
 
 
 def _check_image(prompt, image_dir: str, round_: int) -> dict:

@@ -1,12 +1,13 @@
 -- User-facing views, recreated on every open (they hold no data).
 
--- One row per selected preference pair, with its prompt and image.
+-- One row per selected preference pair, with its prompt and image. Only usable prompt rows join
+-- (status 'ok'): an invalid row sharing a prompt id must never reach DPO.
 CREATE OR REPLACE VIEW preference_pairs_v AS
 SELECT pp.stage_key AS pairs_key, pp.round, pp.prompt_id, p.image_path, p.instruction,
        pp.chosen, pp.rejected, pp.chosen_reward, pp.rejected_reward,
        pp.chosen_reward - pp.rejected_reward AS reward_gap, pp.lam, pp.mode
 FROM preference_pairs pp
-JOIN prompts p ON p.stage_key = pp.prompts_key AND p.prompt_id = pp.prompt_id;
+JOIN prompts p ON p.stage_key = pp.prompts_key AND p.prompt_id = pp.prompt_id AND p.status = 'ok';
 
 -- The candidate trees with their raw scores and image relevance (R_I = max(100 cos, 0)).
 CREATE OR REPLACE VIEW tree_v AS

@@ -7,16 +7,39 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from PIL import Image
 
 from csr_core.evaluation import EvalItem
 from csr_core.metrics import ObjectVocab
 
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
 
 def load_rgb(path: str | Path) -> Image.Image:
+    """An image file as 8-bit RGB; high-bit-depth images are scaled to 8 bits first, not clipped."""
     with Image.open(path) as image:
+        image.load()
+        if image.mode in (*SIXTEEN_BIT_MODES, "I", "F"):
+            image = to_8bit(image)
         return image.convert("RGB")
+
+
+def to_8bit(image: Image.Image) -> Image.Image:
+    """A 16-bit, 32-bit integer or float image as 8-bit grayscale (mode L), scaled linearly.
+
+    16-bit modes use their range 0..65535 (65535 -> 255, 32768 -> 128). Mode I is how older Pillow opens
+    16-bit PNGs and TIFFs, so it uses 0..65535 too when its values fit; mode F uses 0..1 when its
+    values fit. Other values (no range of their own) are scaled from the image's minimum to its maximum.
+    (Pillow's own conversion clips at 255: a 16-bit image turns almost white.)
+    """
+    values = np.nan_to_num(np.asarray(image).astype(np.float64))
+    low, high = 0.0, {"F": 1.0}.get(image.mode, 65535.0)
+    if image.mode not in SIXTEEN_BIT_MODES and values.size and (values.min() < low or values.max() > high):
+        low, high = float(values.min()), float(values.max())
+    scaled = (values - low) * 255.0 / (high - low) if high > low else np.zeros_like(values)
+    return Image.fromarray(np.clip(np.floor(scaled + 0.5), 0, 255).astype(np.uint8))  # halves round up
 
 
 def load_images(prompts: pd.DataFrame, chunk: list[str]) -> tuple[dict[str, Image.Image], dict[str, str]]:

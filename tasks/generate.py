@@ -46,6 +46,8 @@ def generate_candidates(db: str, search: SearchConfig, reward: RewardConfig, mod
 
     def process(chunk: list[str]) -> ChunkResult:
         inputs, failed = _load_inputs(prompts, chunk)
+        inputs, too_long = _fitting_context(loaded["vlm"], inputs, search.max_response_tokens)
+        failed.update(too_long)
         relevance = _relevance_fn(loaded.get("clip"), inputs)
         trees = build_trees(loaded["vlm"], inputs, search, relevance=relevance, reward_cfg=reward)
         rows = [{"prompt_id": pid, **_node_row(node)} for pid, nodes in trees.items() for node in nodes]
@@ -60,6 +62,23 @@ def _load_inputs(prompts: pd.DataFrame, chunk: list[str]) -> tuple[list[PromptIn
     images, failed = load_images(prompts, chunk)
     inputs = [PromptInput(pid, images[pid], prompts.loc[pid, "instruction"]) for pid in chunk if pid in images]
     return inputs, failed
+
+
+def _fitting_context(vlm, inputs: list[PromptInput], max_response_tokens: int
+                     ) -> tuple[list[PromptInput], dict[str, str]]:
+    """The prompts whose response fits the model's context; the others, with the reason."""
+    limit = vlm.context_length
+    if limit is None:
+        return inputs, {}
+    fitting, failed = [], {}
+    for item in inputs:
+        n = vlm.prompt_length(item.image, item.instruction)
+        if n + max_response_tokens > limit:
+            failed[item.prompt_id] = (f"prompt of {n} tokens plus search.max_response_tokens ({max_response_tokens}) "
+                                      f"exceeds the model's context of {limit} positions")
+        else:
+            fitting.append(item)
+    return fitting, failed
 
 
 def _relevance_fn(clip, inputs: list[PromptInput]):

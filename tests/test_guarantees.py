@@ -183,3 +183,23 @@ def test_a_full_disk_is_one_line(finished, small_disk, capsys):
     assert csr(["backup", str(small_disk / "csr.duckdb"), "--db", str(finished["db"])]) == 2
     err = capsys.readouterr().err
     assert err.startswith("csr: error: disk full") and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_prompt_longer_than_the_models_context_is_a_failed_item_and_the_rest_go_on(tiny_run, tmp_path):
+    import json
+
+    from flows.stages import generate_flow
+    from storage.store import query_rows
+
+    world = tiny_run["data_dir"] / "world"
+    pool = json.loads((world / "pool.json").read_text())[:2]
+    pool.append({**pool[0], "id": "too-long", "input": "<image>\nDescribe " + "the red mug and " * 80})
+    path = tmp_path / "pool.json"
+    path.write_text(json.dumps(pool))
+    generate_flow(config_files=[TINY], overrides=[*tiny_run["overrides"], f"prompts.source={path}",
+                                                  f"prompts.image_dir={world / 'images'}", "prompts.n_per_round=3"])
+    close_all()
+    db = tiny_run["db"]
+    (error,) = query_rows(db, "SELECT error FROM stage_items WHERE status = 'failed' AND item_id = 'too-long'")[0]
+    assert "exceeds the model's context of 256 positions" in error
+    assert query_rows(db, "SELECT count(DISTINCT prompt_id) FROM tree_nodes")[0][0] == 2

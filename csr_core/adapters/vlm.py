@@ -98,6 +98,16 @@ class LlavaAdapter:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
         return inputs
 
+    @property
+    def context_length(self) -> int | None:
+        """Positions the language model was trained for (None when its config does not say)."""
+        config = getattr(self.model.config, "text_config", None) or self.model.config
+        return getattr(config, "max_position_embeddings", None)
+
+    def prompt_length(self, image: Image.Image, instruction: str) -> int:
+        """Tokens of the templated prompt, image tokens included."""
+        return int(self.model_inputs([image], [instruction])["input_ids"].shape[1])
+
     def decode(self, token_ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(token_ids), skip_special_tokens=True).strip()
 

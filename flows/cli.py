@@ -203,7 +203,11 @@ def _flows():
 
 def cmd_run(args) -> int:
     cfg = _validated(args, rounds=args.rounds, **{"runtime.retry_failed": args.retry_failed or None})
+    from flows.inputs import check_rounds_fit, resolve_inputs
     from flows.pipeline import csr_pipeline
+
+    if cfg.prompts.source != "world":  # the world's pool is built by the run; the pipeline checks it then
+        check_rounds_fit(cfg, resolve_inputs(cfg), cfg.rounds)
 
     with _flows():
         summary = csr_pipeline(config=cfg)

@@ -7,8 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from csr_core.config import WORLD
+from csr_core.prompts import parse_pool
 from csr_core.validation import ConfigError
 from flows.config import RunConfig
+from tasks.prompts import read_prompt_file
 from tasks.world import CLIP_DIR, VLM_DIR
 from training.dpo_config import num_decoder_layers
 
@@ -58,12 +60,26 @@ def check_user_inputs(cfg: RunConfig, *, need_eval: bool = True) -> Inputs:
     for applies, path, name, exists in checks:
         if applies and not exists(Path(path)):
             raise ConfigError(name, f"not found: {path or '(empty)'}")
+    if cfg.prompts.source != WORLD:
+        read_prompt_file(inputs.pool_file)  # UTF-8 JSON, a list, a valid row at least
     _check_lora_layers(cfg, inputs.model_dir)  # needs only config.json, so it may come first
     if cfg.model.path != WORLD:
         check_vlm_dir(Path(inputs.model_dir), "model.path")
     if cfg.relevance.model_dir != WORLD:
         check_open_clip_dir(Path(inputs.scorer_dir), "relevance.model_dir")
     return inputs
+
+
+def check_rounds_fit(cfg: RunConfig, inputs: Inputs, rounds: int) -> None:
+    """With prompts.when_exhausted=stop, every one of `rounds` rounds must start inside the pool."""
+    if cfg.prompts.when_exhausted != "stop" or rounds < 1:
+        return
+    valid, _ = parse_pool(read_prompt_file(inputs.pool_file))
+    needed = (rounds - 1) * cfg.prompts.n_per_round + 1
+    if needed > len(valid):
+        raise ConfigError("prompts.n_per_round", f"{rounds} rounds of {cfg.prompts.n_per_round} prompts need at "
+                          f"least {needed} valid prompts, and {inputs.pool_file} has {len(valid)}; lower rounds or "
+                          "prompts.n_per_round, or set prompts.when_exhausted=reuse")
 
 
 def _check_cuda(cfg: RunConfig) -> None:

@@ -10,7 +10,7 @@ from prefect import flow
 
 from csr_core.config import WORLD
 from flows.config import RunConfig, given_or_loaded
-from flows.inputs import Inputs, check_user_inputs
+from flows.inputs import Inputs, check_rounds_fit, check_user_inputs
 from flows.publish import publish_report
 from tasks.calibrate import calibrate_select
 from tasks.common import model_fingerprint
@@ -53,6 +53,7 @@ def csr_pipeline(config_files: list[str] | None = None, overrides: list[str] | N
     """CSR end to end: evaluate the base model, then `rounds` rounds of self-rewarded DPO."""
     cfg = given_or_loaded(config, config_files, overrides)
     inputs = prepare(cfg)
+    check_rounds_fit(cfg, inputs, cfg.rounds if rounds is None else rounds)
     policy = policy_for_round(cfg, inputs, 1)
     summary: dict = {"base_eval": evaluate_policy(cfg, inputs, policy, 0), "rounds": []}
     for round_ in range(1, (cfg.rounds if rounds is None else rounds) + 1):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pandas as pd
 
@@ -35,19 +36,49 @@ def write_items(
 
 def replace_stage_rows(store: Store, table: str, key: str, frame: pd.DataFrame) -> int:
     """Replace everything stage `key` wrote to `table`."""
+    frame = _portable_column(store, frame, "image_path")
     with store.transaction() as con:
         return replace_slice(con, table, frame.assign(stage_key=key), {"stage_key": key})
 
 
 def rows_for(store: Store, table: str, key: str, order_by: str = "") -> pd.DataFrame:
     order = f" ORDER BY {order_by}" if order_by else ""
-    return store.df(f"SELECT * FROM {table} WHERE stage_key = ?{order}", [key])
+    return _located_column(store, store.df(f"SELECT * FROM {table} WHERE stage_key = ?{order}", [key]), "image_path")
+
+
+# -- paths -----------------------------------------------------------------------------------
+# A file inside the store's folder (the world's images, trained models) is stored relative to that folder,
+# so a project moved or copied with its DuckDB file keeps working; files elsewhere keep their absolute path.
+def portable_path(store: Store, path: str) -> str:
+    if not path:
+        return path
+    root, absolute = Path(store.path).resolve().parent, Path(path).resolve()
+    return str(absolute.relative_to(root)) if absolute.is_relative_to(root) else str(absolute)
+
+
+def located_path(store: Store, path: str | None) -> str | None:
+    if not path or Path(path).is_absolute():
+        return path
+    return str(Path(store.path).resolve().parent / path)
+
+
+def _portable_column(store: Store, frame: pd.DataFrame, column: str) -> pd.DataFrame:
+    if column not in frame.columns or frame.empty:
+        return frame
+    return frame.assign(**{column: [portable_path(store, p) if isinstance(p, str) else p for p in frame[column]]})
+
+
+def _located_column(store: Store, frame: pd.DataFrame, column: str) -> pd.DataFrame:
+    if column not in frame.columns or frame.empty:
+        return frame
+    return frame.assign(**{column: [located_path(store, p) if isinstance(p, str) else p for p in frame[column]]})
 
 
 # -- prompts ---------------------------------------------------------------------------------
 def read_prompts(store: Store, key: str, ok_only: bool = True) -> pd.DataFrame:
     where = " AND status = 'ok'" if ok_only else ""
-    return store.df(f"SELECT * FROM prompts WHERE stage_key = ?{where} ORDER BY prompt_id", [key])
+    frame = store.df(f"SELECT * FROM prompts WHERE stage_key = ?{where} ORDER BY prompt_id", [key])
+    return _located_column(store, frame, "image_path")
 
 
 # -- tree and relevance ----------------------------------------------------------------------
@@ -78,7 +109,8 @@ def write_pairs(store: Store, key: str, paths: pd.DataFrame, pairs: pd.DataFrame
 
 
 def read_pairs(store: Store, pairs_key: str) -> pd.DataFrame:
-    return store.df("SELECT * FROM preference_pairs_v WHERE pairs_key = ? ORDER BY prompt_id", [pairs_key])
+    frame = store.df("SELECT * FROM preference_pairs_v WHERE pairs_key = ? ORDER BY prompt_id", [pairs_key])
+    return _located_column(store, frame, "image_path")
 
 
 # -- models and training ---------------------------------------------------------------------
@@ -90,12 +122,12 @@ def register_model(store: Store, model_key: str, path: str, round_: int,
             "INSERT INTO models VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (model_key) DO UPDATE SET "
             "path = excluded.path, parent_key = excluded.parent_key, pairs_key = excluded.pairs_key, "
             "round = excluded.round",
-            [model_key, path, parent_key, pairs_key, round_, now],
+            [model_key, portable_path(store, path), parent_key, pairs_key, round_, now],
         )
 
 
 def model_path(store: Store, model_key: str) -> str | None:
-    return store.scalar("SELECT path FROM models WHERE model_key = ?", [model_key])
+    return located_path(store, store.scalar("SELECT path FROM models WHERE model_key = ?", [model_key]))
 
 
 def append_training_metrics(store: Store, key: str, step: int, metrics: dict[str, float]) -> None:
@@ -113,7 +145,11 @@ def write_training_run(store: Store, key: str, record: dict) -> None:
 
 
 # -- evaluation ------------------------------------------------------------------------------
-def write_eval(store: Store, key: str, results: pd.DataFrame, responses: pd.DataFrame) -> None:
+def write_eval(store: Store, key: str, results: pd.DataFrame, responses: pd.DataFrame,
+               failed: dict[str, str] | None = None) -> None:
+    """An evaluation's metrics and responses, and the items left out (`stage_items`, status failed)."""
     with store.transaction() as con:
         replace_slice(con, "eval_results", results.assign(stage_key=key), {"stage_key": key})
         replace_slice(con, "eval_responses", responses.assign(stage_key=key), {"stage_key": key})
+        con.execute("DELETE FROM stage_items WHERE stage_key = ?", [key])
+        record_items(con, key, [], failed or {})

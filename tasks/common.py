@@ -1,6 +1,7 @@
 """What every stage task shares: its key, the skip-when-complete check, item-wise resume."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from collections.abc import Callable, Iterable, Sequence
@@ -134,6 +135,30 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+PATH_FIELDS = ("source", "image_dir", "vocab")  # where a stage's files are: never part of its key
+
+
+def without_paths(config) -> dict:
+    """A config dataclass as key data, less the fields that only say where files are."""
+    return {k: v for k, v in dataclasses.asdict(config).items() if k not in PATH_FIELDS}
+
+
+def images_fingerprint(image_dir: str | Path, names: Iterable[str]) -> str:
+    """Identity of the images a prompt or eval file names: each name with its file size.
+
+    Relative names and sizes, not the directory, so a moved project keeps its keys; sizes, not hashes,
+    so 12,856 COCO images cost a stat each per run rather than gigabytes of reading.
+    """
+    digest = hashlib.sha256()
+    for name in sorted(set(names)):
+        try:
+            size = (Path(image_dir) / name).stat().st_size
+        except (OSError, ValueError):  # missing, or a name the file system cannot hold
+            size = -1
+        digest.update(f"{name}\0{size}\n".encode("utf-8", "surrogatepass"))
+    return "images-" + digest.hexdigest()[:16]
 
 
 def model_fingerprint(model_dir: str | Path) -> str:

@@ -1,6 +1,7 @@
 """Stage 6, evaluate: hallucination and relevance of one model on held-out items; pair accuracy."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -11,14 +12,26 @@ from csr_core.evaluation import evaluate_model
 from csr_core.metrics import preference_accuracy
 from storage.artifacts import read_pairs, replace_stage_rows, write_eval
 from storage.store import open_store
-from tasks.common import TASK_OPTIONS, StageSpec, file_sha256, run_whole_stage
+from tasks.common import (
+    TASK_OPTIONS,
+    StageSpec,
+    file_sha256,
+    images_fingerprint,
+    logger,
+    run_whole_stage,
+    without_paths,
+)
 from tasks.io import load_eval_items, load_vocab, pool_truth
 from tasks.models import load_relevance, load_vlm
 
 
-def evaluate_spec(cfg: EvalConfig, source: str, vocab: str, model_key: str, scorer_key: str) -> StageSpec:
-    data = {"source": file_sha256(source)[:16], "vocab": file_sha256(vocab)[:16]}
-    return StageSpec("evaluate", {"eval": cfg, "data": data}, {"model": model_key, "scorer": scorer_key})
+def evaluate_spec(cfg: EvalConfig, source: str, image_dir: str, vocab: str, model_key: str,
+                  scorer_key: str) -> StageSpec:
+    """Keyed by the eval file's and vocabulary's content and the images' names and sizes, not their paths."""
+    names = [row["image"] for row in json.loads(Path(source).read_text())[:cfg.n_items]]
+    data = {"source": file_sha256(source)[:16], "vocab": file_sha256(vocab)[:16],
+            "images": images_fingerprint(image_dir, names)}
+    return StageSpec("evaluate", {"eval": without_paths(cfg), "data": data}, {"model": model_key, "scorer": scorer_key})
 
 
 @task(name="evaluate", **TASK_OPTIONS)
@@ -26,7 +39,7 @@ def evaluate(db: str, cfg: EvalConfig, model_cfg: ModelConfig, runtime: RuntimeC
              model_dir: str, scorer_key: str, scorer_dir: str, source: str, image_dir: str, vocab_path: str,
              round_: int) -> str:
     store = open_store(db)
-    spec = evaluate_spec(cfg, source, vocab_path, model_key, scorer_key)
+    spec = evaluate_spec(cfg, source, image_dir, vocab_path, model_key, scorer_key)
 
     def work(key: str) -> None:
         vlm = load_vlm(model_dir, model_cfg, runtime)
@@ -43,11 +56,15 @@ def evaluate(db: str, cfg: EvalConfig, model_cfg: ModelConfig, runtime: RuntimeC
                 raise ValueError(f"POPE's expected metrics: {error}; --set eval.pope_expected=false skips them") \
                     from error
 
-        out = evaluate_model(generate, clip.cosine, load_eval_items(source, image_dir, cfg.n_items),
-                             load_vocab(vocab_path), cfg, yes_probability)
+        items, failed = load_eval_items(source, image_dir, cfg.n_items)
+        for item_id, reason in failed.items():
+            logger().warning("evaluate: item %s left out: %s", item_id, reason)
+        if not items:
+            raise ValueError(f"eval.source: no evaluation item of {source} has a readable image")
+        out = evaluate_model(generate, clip.cosine, items, load_vocab(vocab_path), cfg, yes_probability)
         results = pd.DataFrame([{**vars(m), "model_key": model_key, "round": round_} for m in out.metrics])
         responses = pd.DataFrame([{**vars(r), "model_key": model_key} for r in out.responses])
-        write_eval(store, key, results, responses)
+        write_eval(store, key, results, responses, failed)
 
     return run_whole_stage(store, spec, work)
 

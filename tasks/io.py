@@ -67,10 +67,19 @@ def pool_truth(pool_file: str) -> dict[str, list[str]]:
     return {str(r["id"]): r["objects"] for r in rows if isinstance(r, dict) and "objects" in r}
 
 
-def load_eval_items(source: str, image_dir: str, n_items: int) -> list[EvalItem]:
-    rows = json.loads(Path(source).read_text())[:n_items]
-    return [EvalItem(str(row["id"]), load_rgb(Path(image_dir) / row["image"]), frozenset(row["objects"]),
-                     frozenset(row.get("theme_objects", ()))) for row in rows]
+def load_eval_items(source: str, image_dir: str, n_items: int) -> tuple[list[EvalItem], dict[str, str]]:
+    """The first `n_items` eval items with their images, and {item id: reason} for images that cannot be read."""
+    items, failed = [], {}
+    for row in json.loads(Path(source).read_text())[:n_items]:
+        path = Path(image_dir) / row["image"]
+        try:
+            image = load_rgb(path)
+        except Exception as exc:  # PIL raises many types for corrupt files
+            failed[str(row["id"])] = f"cannot read image {path}: {type(exc).__name__}: {exc}"
+            continue
+        items.append(EvalItem(str(row["id"]), image, frozenset(row["objects"]),
+                              frozenset(row.get("theme_objects", ()))))
+    return items, failed
 
 
 def dpo_examples(pairs: pd.DataFrame) -> list:

@@ -13,11 +13,22 @@ from csr_core.prompts import PoolExhausted, parse_pool, sample_round
 from csr_core.validation import ConfigError
 from storage.artifacts import replace_stage_rows
 from storage.store import open_store
-from tasks.common import TASK_OPTIONS, StageSpec, file_sha256, logger, run_whole_stage
+from tasks.common import (
+    TASK_OPTIONS,
+    StageSpec,
+    file_sha256,
+    images_fingerprint,
+    logger,
+    run_whole_stage,
+    without_paths,
+)
 
 
 def prompts_spec(cfg: PromptConfig, round_: int, pool_file: str, image_dir: str, pool_key: str) -> StageSpec:
-    config = {"prompts": cfg, "round": round_, "pool_file": pool_file, "image_dir": image_dir}
+    """Keyed by the pool's content (`pool_key`) and its images' names and sizes, never by where they are."""
+    names = [row["image"] for row in read_prompt_file(pool_file) if isinstance(row, dict)
+             and isinstance(row.get("image"), str)]
+    config = {"prompts": without_paths(cfg), "round": round_, "images": images_fingerprint(image_dir, names)}
     return StageSpec("sample_prompts", config, {"pool": pool_key})
 
 

@@ -203,3 +203,53 @@ def test_a_prompt_longer_than_the_models_context_is_a_failed_item_and_the_rest_g
     (error,) = query_rows(db, "SELECT error FROM stage_items WHERE status = 'failed' AND item_id = 'too-long'")[0]
     assert "exceeds the model's context of 256 positions" in error
     assert query_rows(db, "SELECT count(DISTINCT prompt_id) FROM tree_nodes")[0][0] == 2
+
+
+def test_a_moved_project_gets_cache_hits(tiny_world, tmp_path, monkeypatch):
+    """Absolute paths everywhere, then the project folder moves: every stage is a cache hit, no model loads."""
+    from csr_testing.load_counter import LoadCounter
+    from flows.pipeline import csr_pipeline
+
+    def run(project: Path) -> dict:
+        summary = csr_pipeline(config_files=[TINY], overrides=[f"db={project / 'csr.duckdb'}",
+                                                               f"data_dir={project / 'csr_data'}"])
+        close_all()
+        return summary
+
+    project = tmp_path / "project"
+    shutil.copytree(tiny_world["data_dir"], project / "csr_data")
+    shutil.copy(tiny_world["db"], project / "csr.duckdb")
+    first = run(project)
+    moved = tmp_path / "moved"
+    project.rename(moved)
+    counter = LoadCounter(monkeypatch)
+    assert run(moved) == first
+    assert counter.calls == {"vlm": 0, "clip": 0}
+
+
+def test_an_unreadable_eval_image_is_recorded_and_the_evaluation_goes_on(tiny_run, tmp_path):
+    import json
+
+    from flows.stages import evaluate_flow
+    from storage.store import query_rows
+
+    world = tiny_run["data_dir"] / "world"
+    items = json.loads((world / "eval.json").read_text())[:3]
+    images = tmp_path / "images"
+    images.mkdir()
+    for item in items:
+        shutil.copy(world / "images" / item["image"], images / Path(item["image"]).name)
+        item["image"] = Path(item["image"]).name
+    (images / items[1]["image"]).write_bytes(b"\x89PNG\r\n\x1a\nnot an image")
+    source = tmp_path / "eval.json"
+    source.write_text(json.dumps(items))
+    evaluate_flow(config_files=[TINY], overrides=[*tiny_run["overrides"], f"eval.source={source}",
+                                                  f"eval.image_dir={images}", f"eval.vocab={world / 'vocab.json'}"])
+    close_all()
+    db = tiny_run["db"]
+    (status,) = query_rows(db, "SELECT status FROM stages WHERE stage = 'evaluate'")[0]
+    failed = query_rows(db, "SELECT item_id, error FROM stage_items WHERE status = 'failed'")
+    assert status == "complete" and [f[0] for f in failed] == [str(items[1]["id"])]
+    assert "cannot read image" in failed[0][1]
+    greedy = query_rows(db, "SELECT n FROM eval_results WHERE split = 'greedy' AND metric = 'chair_i'")
+    assert greedy == [(2,)]

@@ -8,29 +8,11 @@ import pytest
 
 from flows.cli import main as csr
 from flows.pipeline import csr_pipeline
+from csr_testing.load_counter import LoadCounter
 from flows.rescore import rescore
 from storage.store import close_all, query_rows
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-class LoadCounter:
-    """Counts model loads by wrapping the adapters' constructors."""
-
-    def __init__(self, monkeypatch):
-        from csr_core.adapters.relevance import OpenClipRelevance
-        from csr_core.adapters.vlm import LlavaAdapter
-
-        self.calls = {"vlm": 0, "clip": 0}
-        for name, cls in (("vlm", LlavaAdapter), ("clip", OpenClipRelevance)):
-            original = cls.from_pretrained.__func__
-            monkeypatch.setattr(cls, "from_pretrained", classmethod(self._counting(name, original)))
-
-    def _counting(self, name, original):
-        def wrapper(cls, *args, **kwargs):
-            self.calls[name] += 1
-            return original(cls, *args, **kwargs)
-        return wrapper
 
 
 @pytest.fixture(scope="module")

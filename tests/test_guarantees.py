@@ -253,3 +253,39 @@ def test_an_unreadable_eval_image_is_recorded_and_the_evaluation_goes_on(tiny_ru
     assert "cannot read image" in failed[0][1]
     greedy = query_rows(db, "SELECT n FROM eval_results WHERE split = 'greedy' AND metric = 'chair_i'")
     assert greedy == [(2,)]
+
+
+def test_retry_failed_runs_the_failed_items_of_a_complete_stage_again(tiny_run, tmp_path):
+    import json
+
+    from flows.stages import generate_flow, sample_prompts_flow
+    from storage.store import query_rows
+
+    world = tiny_run["data_dir"] / "world"
+    pool = json.loads((world / "pool.json").read_text())[:3]
+    images = tmp_path / "images"
+    images.mkdir()
+    for row in pool:
+        shutil.copy(world / "images" / row["image"], images / Path(row["image"]).name)
+        row["image"] = Path(row["image"]).name
+    path = tmp_path / "pool.json"
+    path.write_text(json.dumps(pool))
+    overrides = [*tiny_run["overrides"], f"prompts.source={path}", f"prompts.image_dir={images}",
+                 "prompts.n_per_round=3"]
+
+    def generate(*extra):
+        generate_flow(config_files=[TINY], overrides=[*overrides, *extra])
+        close_all()
+        return dict(query_rows(tiny_run["db"], "SELECT item_id, i.status FROM stage_items i JOIN stages s "
+                                               "USING (stage_key) WHERE s.stage = 'generate_candidates'"))
+
+    sample_prompts_flow(config_files=[TINY], overrides=overrides)
+    close_all()
+    flaky = images / pool[2]["image"]
+    good = flaky.read_bytes()
+    flaky.write_bytes(bytes(len(good)))  # unreadable between sampling and the search, same size (same keys)
+    assert generate()[str(pool[2]["id"])] == "failed"
+    flaky.write_bytes(good)
+    assert generate()[str(pool[2]["id"])] == "failed"  # a complete stage is a cache hit
+    assert set(generate("runtime.retry_failed=true").values()) == {"done"}
+    assert query_rows(tiny_run["db"], "SELECT count(DISTINCT prompt_id) FROM tree_nodes")[0][0] == 3

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from csr_testing.load_counter import LoadCounter
 from flows.cli import main as csr
 from flows.pipeline import csr_pipeline
-from csr_testing.load_counter import LoadCounter
 from flows.rescore import rescore
 from storage.store import close_all, query_rows
 

@@ -79,4 +79,5 @@ def test_the_paper_preset_trained_the_round_from_the_user_model(user_run):
     dpo = json.loads(config)["dpo"]
     assert (dpo["lora_r"], dpo["lora_alpha"], dpo["learning_rate"]) == (128, 256, 1e-7)
     (row,) = query_rows(user_run, "SELECT parent_path, path, n_pairs FROM lineage_v WHERE round = 1")
-    assert row[0].endswith("llava") and Path(row[1], "config.json").is_file() and row[2] >= 1
+    merged = Path(user_run).parent / row[1]  # paths inside the store's folder are stored relative to it
+    assert row[0].endswith("llava") and (merged / "config.json").is_file() and row[2] >= 1

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 from shapes import LLAVA_SHAPES, llava_15_7b
 
 from csr_core.adapters.vlm import LlavaAdapter
-from csr_core.beam_search import Candidate
+from csr_core.beams import Candidate
 from csr_core.tree import PromptInput, SearchConfig, build_trees, tree_signature
 
 DATASET = ROOT.parent / "shared" / "data" / "CSR-Prompt-Dataset-12k.json"

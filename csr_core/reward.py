@@ -78,6 +78,21 @@ class PathReward:
 
 
 @dataclass(frozen=True)
+class PathParts:
+    """A complete path's λ-free parts: per sentence, the self and relevance terms before weighting.
+
+    rank mode: (rank by cumulative self score, rank by relevance) among the sentence's siblings;
+    value mode: (R_T, R_I). Any λ then gives the path's reward with `weigh`, no tree needed.
+    """
+
+    node_ids: tuple[int, ...]  # root first
+    n_sentences: int
+    text: str
+    self_parts: tuple[float, ...]
+    relevance_parts: tuple[float, ...]
+
+
+@dataclass(frozen=True)
 class PreferencePair:
     chosen: PathReward
     rejected: PathReward
@@ -121,7 +136,28 @@ def sentence_value(node: ScoredNode, cfg: RewardConfig) -> tuple[float, float]:
 
 
 def score_paths(nodes: Sequence[ScoredNode], cfg: RewardConfig) -> list[PathReward]:
-    """Rewards of all complete, unfiltered paths, in the order their leaves were created.
+    """Rewards of all complete, unfiltered paths, in the order their leaves were created (`path_parts`, weighed)."""
+    return [weigh(parts, cfg) for parts in path_parts(nodes, cfg)]
+
+
+def weigh(parts: PathParts, cfg: RewardConfig) -> PathReward:
+    """A path's reward under `cfg.lam`: the weighted parts summed over its sentences, divided once.
+
+    rank mode divides by (sentences + 1), the +1 counting the root as the paper's code does; value mode by the
+    number of sentences (`aggregate="mean"`) or 1 (`"sum"`).
+    """
+    if cfg.mode == "rank":
+        denominator = parts.n_sentences + 1
+    else:
+        denominator = max(parts.n_sentences, 1) if cfg.aggregate == "mean" else 1
+    self_term = sum((1.0 - cfg.lam) * x for x in parts.self_parts) / denominator
+    relevance_term = sum(cfg.lam * x for x in parts.relevance_parts) / denominator
+    return PathReward(node_ids=parts.node_ids, reward=self_term + relevance_term, n_sentences=parts.n_sentences,
+                      text=parts.text, self_term=self_term, relevance_term=relevance_term)
+
+
+def path_parts(nodes: Sequence[ScoredNode], cfg: RewardConfig) -> list[PathParts]:
+    """λ-free parts of all complete, unfiltered paths, in the order their leaves were created.
 
     Pass every node of the tree (pruned ones too) so that ranks are taken among all generated siblings; the
     root is the node whose parent_id is None. A final node with no text (the model emitted EOS right away)
@@ -133,14 +169,14 @@ def score_paths(nodes: Sequence[ScoredNode], cfg: RewardConfig) -> list[PathRewa
     valid = {n.node_id for n in nodes
              if n.parent_id is None or _is_terminator(n) or filter_reason(n.text, cfg) is None}
     ranks = _sibling_ranks(nodes, valid, order) if cfg.mode == "rank" else {}
-    paths: dict[str, PathReward] = {}
+    paths: dict[str, PathParts] = {}
     for leaf in nodes:
         if not leaf.is_final or leaf.parent_id is None:
             continue
         chain = _chain(leaf, by_id)
         if chain is None or not all(n.node_id in valid for n in chain):
             continue
-        path = _path_reward(chain, ranks, cfg)
+        path = _path_parts(chain, ranks, cfg)
         if path.n_sentences and path.text not in paths:
             paths[path.text] = path
     return list(paths.values())
@@ -178,24 +214,18 @@ def _sibling_ranks(nodes, valid, order) -> dict[int, tuple[float, float]]:
     return ranks
 
 
-def _path_reward(chain: list[ScoredNode], ranks, cfg: RewardConfig) -> PathReward:
+def _path_parts(chain: list[ScoredNode], ranks, cfg: RewardConfig) -> PathParts:
     sentences = [n for n in chain[1:] if not _is_terminator(n)]
     if cfg.mode == "rank":
-        denominator = len(sentences) + 1
-        self_term = sum((1.0 - cfg.lam) * ranks[n.node_id][0] for n in sentences) / denominator
-        relevance_term = sum(cfg.lam * ranks[n.node_id][1] for n in sentences) / denominator
+        pairs = [ranks[n.node_id] for n in sentences]
     else:
-        parts = [sentence_value(n, cfg) for n in sentences]
-        denominator = max(len(parts), 1) if cfg.aggregate == "mean" else 1
-        self_term = sum(p[0] for p in parts) / denominator
-        relevance_term = sum(p[1] for p in parts) / denominator
-    return PathReward(
+        pairs = [(self_reward(n, cfg), relevance_reward(n.relevance)) for n in sentences]
+    return PathParts(
         node_ids=tuple(n.node_id for n in chain),
-        reward=self_term + relevance_term,
         n_sentences=len(sentences),
         text=" ".join(n.text.strip() for n in sentences if n.text.strip()),
-        self_term=self_term,
-        relevance_term=relevance_term,
+        self_parts=tuple(p[0] for p in pairs),
+        relevance_parts=tuple(p[1] for p in pairs),
     )
 
 

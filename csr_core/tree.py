@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from csr_core.beam_search import BeamParams, Candidate
+from csr_core.beams import BeamParams, Candidate
 from csr_core.reward import RewardConfig, ScoredNode, sentence_value
 from csr_core.validation import ConfigError, require, require_choice
 

@@ -12,10 +12,10 @@ from csr_core.config import WORLD
 from flows.config import RunConfig, given_or_loaded
 from flows.inputs import Inputs, check_rounds_fit, check_user_inputs
 from flows.publish import publish_report
-from tasks.calibrate import calibrate_select
+from tasks.calibrate import calibrate_select, pair_accuracy
 from tasks.common import model_fingerprint
 from tasks.dpo import dpo_finetune
-from tasks.evaluate import evaluate, pair_accuracy
+from tasks.evaluate import evaluate
 from tasks.generate import generate_candidates
 from tasks.models import register_base_model, registered_model_dir
 from tasks.prompts import pool_fingerprint, sample_prompts

@@ -2,15 +2,15 @@
 from __future__ import annotations
 
 from prefect import task
+from prefect.cache_policies import NONE
 
 from report.data import load_report_data
 from report.tables import summary_markdown
 from report.write import write_report
 from storage.store import open_store
-from tasks.common import TASK_OPTIONS
 
 
-@task(name="publish-report", **TASK_OPTIONS)
+@task(name="publish-report", cache_policy=NONE, persist_result=False)
 def publish_report(db: str, out_dir: str | None = None) -> str:
     """Publish the report's tables as the run's Prefect markdown artifact (and write the files if asked)."""
     from prefect.artifacts import create_markdown_artifact

@@ -2,17 +2,16 @@
 from __future__ import annotations
 
 from prefect import flow, task
+from prefect.cache_policies import NONE
 
 from flows.config import RunConfig, given_or_loaded
 from flows.inputs import resolve_inputs
 from storage import stages
 from storage.store import open_store
-from tasks.calibrate import calibrate_select
-from tasks.common import TASK_OPTIONS
-from tasks.evaluate import pair_accuracy
+from tasks.calibrate import calibrate_select, pair_accuracy
 
 
-@task(name="find-scored-candidates", **TASK_OPTIONS)
+@task(name="find-scored-candidates", cache_policy=NONE, persist_result=False)
 def scored_candidates(db: str, round_: int | None = None, tree_key: str | None = None) -> list[dict[str, str]]:
     """The complete (tree, relevance, prompts) key triples stored, newest first, optionally filtered."""
     store = open_store(db)

@@ -22,10 +22,9 @@ from report.data import load_report_data, paired_differences, sweep_deltas, swee
 from report.stats import Interval, arm_label
 from report.tables import paired_markdown, sweep_markdown
 from storage.store import open_store
-from tasks.calibrate import calibrate_select
+from tasks.calibrate import calibrate_select, pair_accuracy
 from tasks.controls import control_pairs, has_ground_truth
 from tasks.dpo import dpo_finetune
-from tasks.evaluate import pair_accuracy
 
 
 def seeded(cfg: RunConfig, seed: int) -> RunConfig:

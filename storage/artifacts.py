@@ -102,6 +102,48 @@ def read_scored_tree(store: Store, tree_key: str, relevance_key: str) -> pd.Data
 
 
 # -- pairs -----------------------------------------------------------------------------------
+def write_path_parts(store: Store, key: str, parts: pd.DataFrame) -> int:
+    with store.transaction() as con:
+        return replace_slice(con, "path_parts", parts.assign(stage_key=key), {"stage_key": key})
+
+
+def read_path_parts(store: Store, key: str):
+    """The stage's path parts as an Arrow table, ordered by prompt and path (the order pairs are picked in)."""
+    return store.arrow("SELECT prompt_id, path_index, n_sentences, self_parts, relevance_parts FROM path_parts "
+                       "WHERE stage_key = ? ORDER BY prompt_id, path_index", [key])
+
+
+def write_rescored(store: Store, key: str, parts_key: str, rewards: pd.DataFrame, pairs: pd.DataFrame) -> int:
+    """One λ's path rewards and pairs, joined in SQL to the stored paths (their texts and node ids).
+
+    `rewards`: prompt_id, path_index, self_term, relevance_term, reward; `pairs`: prompts_key, prompt_id, round,
+    lam, mode, chosen_index, rejected_index.
+    """
+    with store.transaction() as con:
+        con.register("_csr_rewards", rewards)
+        con.register("_csr_pairs", pairs)
+        try:
+            con.execute("DELETE FROM path_rewards WHERE stage_key = ?", [key])
+            con.execute(
+                "INSERT INTO path_rewards SELECT ?, p.prompt_id, p.leaf_id, p.node_ids, p.text, p.n_sentences, "
+                "r.self_term, r.relevance_term, r.reward FROM path_parts p JOIN _csr_rewards r "
+                "ON p.prompt_id = r.prompt_id AND p.path_index = r.path_index WHERE p.stage_key = ?", [key, parts_key])
+            con.execute("DELETE FROM preference_pairs WHERE stage_key = ?", [key])
+            con.execute(
+                "INSERT INTO preference_pairs SELECT ?, x.prompts_key, x.prompt_id, x.round, x.lam, x.mode, c.text, "
+                "r.text, cr.reward, rr.reward, c.node_ids, r.node_ids FROM _csr_pairs x "
+                "JOIN path_parts c ON c.stage_key = ? AND c.prompt_id = x.prompt_id AND c.path_index = x.chosen_index "
+                "JOIN path_parts r ON r.stage_key = ? AND r.prompt_id = x.prompt_id "
+                "AND r.path_index = x.rejected_index "
+                "JOIN _csr_rewards cr ON cr.prompt_id = x.prompt_id AND cr.path_index = x.chosen_index "
+                "JOIN _csr_rewards rr ON rr.prompt_id = x.prompt_id AND rr.path_index = x.rejected_index",
+                [key, parts_key, parts_key])
+        finally:
+            con.unregister("_csr_rewards")
+            con.unregister("_csr_pairs")
+    return len(pairs)
+
+
 def write_pairs(store: Store, key: str, paths: pd.DataFrame, pairs: pd.DataFrame) -> int:
     with store.transaction() as con:
         replace_slice(con, "path_rewards", paths.assign(stage_key=key), {"stage_key": key})

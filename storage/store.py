@@ -20,7 +20,7 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 # How long a writer waits for readers to let go of the file, and a reader for a write to end
@@ -97,6 +97,11 @@ class Store:
     def rows(self, sql: str, params: list | tuple | None = None) -> list[tuple]:
         with self.session() as con:
             return con.execute(sql, params or []).fetchall()
+
+    def arrow(self, sql: str, params: list | tuple | None = None):
+        """The result as a pyarrow Table (list columns stay flat arrays, cheap to turn into numpy)."""
+        with self.session() as con:
+            return con.execute(sql, params or []).to_arrow_table()
 
     def scalar(self, sql: str, params: list | tuple | None = None):
         rows = self.rows(sql, params)

@@ -1,18 +1,33 @@
-"""Stage 4, calibrate and select: calibrated path rewards from stored raw scores, then pairs.
+"""Stage 4, calibrate and select: λ-free path parts from stored raw scores, then pairs for a λ; pair accuracy.
 
-Reads only DuckDB: a new λ or new selection settings rerun this stage alone, never the VLM or CLIP.
+Reads only DuckDB: a new λ or new selection settings rerun this stage alone, never the VLM or CLIP. The
+per-prompt walk over the tree (`path_parts` stage) runs once per tree, relevance scores and filter settings;
+each λ then weighs the stored parts for all prompts at once (`csr_core.rescore`).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
-from prefect import task
 
-from csr_core.reward import PreferencePair, RewardConfig, ScoredNode, score_paths, select_pair
-from storage.artifacts import read_prompts, read_scored_tree, write_pairs
+from csr_core.metrics import preference_accuracy
+from csr_core.rescore import PathTable, select_pairs, weigh_all
+from csr_core.reward import PathParts, PreferencePair, RewardConfig, ScoredNode, path_parts
+from storage.artifacts import (
+    read_pairs,
+    read_path_parts,
+    read_prompts,
+    read_scored_tree,
+    replace_stage_rows,
+    write_path_parts,
+    write_rescored,
+)
 from storage.store import open_store
-from tasks.common import TASK_OPTIONS, StageSpec, logger, run_whole_stage
+from tasks.common import StageSpec, file_sha256, logger, run_whole_stage, stage_task
+from tasks.io import load_vocab, pool_truth
 
 
 def calibrate_spec(reward: RewardConfig, tree_key: str, relevance_key: str, prompts_key: str) -> StageSpec:
@@ -20,26 +35,107 @@ def calibrate_spec(reward: RewardConfig, tree_key: str, relevance_key: str, prom
                      {"tree": tree_key, "relevance": relevance_key, "prompts": prompts_key})
 
 
-@task(name="calibrate-select", **TASK_OPTIONS)
+def parts_spec(reward: RewardConfig, tree_key: str, relevance_key: str) -> StageSpec:
+    """Everything of the reward settings but λ: the parts serve every λ."""
+    lam_free = {k: v for k, v in dataclasses.asdict(reward).items() if k != "lam"}
+    return StageSpec("path_parts", {"reward": lam_free}, {"tree": tree_key, "relevance": relevance_key})
+
+
+@stage_task(name="path-parts")
+def score_path_parts(db: str, reward: RewardConfig, tree_key: str, relevance_key: str) -> str:
+    store = open_store(db)
+    spec = parts_spec(reward, tree_key, relevance_key)
+
+    def work(key: str) -> None:
+        tree = read_scored_tree(store, tree_key, relevance_key)
+        rows = []
+        for prompt_id, nodes in tree.groupby("prompt_id", sort=True):
+            paths = path_parts([_scored_node(row) for row in nodes.itertuples()], reward)
+            rows += [_parts_row(prompt_id, index, path) for index, path in enumerate(paths)]
+        write_path_parts(store, key, pd.DataFrame(rows, columns=PARTS_COLUMNS))
+
+    return run_whole_stage(store, spec, work)
+
+
+@stage_task(name="calibrate-select")
 def calibrate_select(db: str, reward: RewardConfig, tree_key: str, relevance_key: str, prompts_key: str) -> str:
     store = open_store(db)
     spec = calibrate_spec(reward, tree_key, relevance_key, prompts_key)
 
     def work(key: str) -> None:
+        parts_key = score_path_parts.fn(db, reward, tree_key, relevance_key)
+        prompt_ids, path_index, table = path_table(read_path_parts(store, parts_key))
+        rewards = weigh_all(table, reward)
+        pairs = select_pairs(table, rewards, reward)
         rounds = read_prompts(store, prompts_key).set_index("prompt_id")["round"]
-        tree = read_scored_tree(store, tree_key, relevance_key)
-        path_rows, pair_rows = [], []
-        for prompt_id, nodes in tree.groupby("prompt_id", sort=True):
-            paths = score_paths([_scored_node(row) for row in nodes.itertuples()], reward)
-            path_rows += [_path_row(prompt_id, path) for path in paths]
-            pair = select_pair(paths, reward)
-            if pair is None:
-                logger().info("prompt %s: fewer than two complete paths, no pair", prompt_id)
-                continue
-            pair_rows.append(pair_row(prompt_id, int(rounds[prompt_id]), prompts_key, pair, reward.lam, reward.mode))
-        write_pairs(store, key, pd.DataFrame(path_rows), pd.DataFrame(pair_rows))
+        pair_prompts = prompt_ids[pairs.chosen]
+        n_prompts = len(np.unique(prompt_ids))
+        if len(pairs.group) < n_prompts:
+            logger().info("%d of %d prompts have fewer than two complete paths: no pair", n_prompts - len(pairs.group),
+                          n_prompts)
+        write_rescored(store, key, parts_key, pd.DataFrame({
+            "prompt_id": prompt_ids, "path_index": path_index, "self_term": rewards.self_term,
+            "relevance_term": rewards.relevance_term, "reward": rewards.reward}), pd.DataFrame({
+            "prompts_key": prompts_key, "prompt_id": pair_prompts,
+            "round": rounds.reindex(pair_prompts).fillna(0).astype(int).to_numpy(), "lam": reward.lam,
+            "mode": reward.mode, "chosen_index": path_index[pairs.chosen],
+            "rejected_index": path_index[pairs.rejected]}))
 
     return run_whole_stage(store, spec, work)
+
+
+def path_table(parts) -> tuple[np.ndarray, np.ndarray, PathTable]:
+    """(prompt id per path, path index per path, the table) from `read_path_parts`'s Arrow table."""
+    prompt_ids = parts.column("prompt_id").to_numpy(zero_copy_only=False).astype(object)
+    _, group = np.unique(prompt_ids, return_inverse=True)
+    return prompt_ids, parts.column("path_index").to_numpy(), PathTable(
+        group=group.astype(np.int64), n_sentences=parts.column("n_sentences").to_numpy().astype(np.int64),
+        self_parts=_padded(parts.column("self_parts")), relevance_parts=_padded(parts.column("relevance_parts")))
+
+
+def _padded(column) -> np.ndarray:
+    """A list column as a (rows, longest) array, padded with 0."""
+    lists = column.combine_chunks()
+    offsets = lists.offsets.to_numpy()
+    lengths = np.diff(offsets)
+    out = np.zeros((len(lengths), int(lengths.max()) if len(lengths) else 0))
+    rows = np.repeat(np.arange(len(lengths)), lengths)
+    out[rows, np.arange(offsets[-1] - offsets[0]) - np.repeat(offsets[:-1] - offsets[0], lengths)] = \
+        lists.values.to_numpy()[offsets[0]:offsets[-1]]
+    return out
+
+
+@stage_task(name="pair-accuracy")
+def pair_accuracy(db: str, pairs_key: str, pool_file: str, vocab_path: str) -> str | None:
+    """Share of pairs whose chosen response names fewer absent objects than the rejected one.
+
+    Needs ground truth for the pool's images (an "objects" field per prompt row, as the miniature
+    world writes); returns None, computing nothing, for pools without it.
+    """
+    if not Path(pool_file).is_file() or not Path(vocab_path).is_file():
+        return None
+    truth = pool_truth(pool_file)
+    if not truth:
+        return None
+    store = open_store(db)
+    spec = StageSpec("pair_accuracy", {"pool": file_sha256(pool_file)[:16]}, {"pairs": pairs_key})
+
+    def work(key: str) -> None:
+        pairs = read_pairs(store, pairs_key)
+        pairs = pairs[pairs["prompt_id"].isin(truth.keys())]
+        result = preference_accuracy(pairs["chosen"].tolist(), pairs["rejected"].tolist(),
+                                     [truth[p] for p in pairs["prompt_id"]], load_vocab(vocab_path))
+        round_ = int(pairs["round"].iloc[0]) if len(pairs) else 0
+        rows = [{"model_key": "", "round": round_, "split": "pairs", "metric": name,
+                 "value": float(getattr(result, name)), "n": result.n_pairs}
+                for name in ("accuracy", "n_better", "n_tied", "n_worse")]
+        replace_stage_rows(store, "eval_results", key, pd.DataFrame(rows))
+
+    return run_whole_stage(store, spec, work)
+
+
+PARTS_COLUMNS = ["prompt_id", "path_index", "leaf_id", "node_ids", "text", "n_sentences", "self_parts",
+                 "relevance_parts"]
 
 
 def _scored_node(row) -> ScoredNode:
@@ -50,10 +146,10 @@ def _scored_node(row) -> ScoredNode:
                       relevance=float(cosine))
 
 
-def _path_row(prompt_id: str, path) -> dict:
-    return {"prompt_id": prompt_id, "leaf_id": path.node_ids[-1], "node_ids": list(path.node_ids),
-            "text": path.text, "n_sentences": path.n_sentences, "self_term": path.self_term,
-            "relevance_term": path.relevance_term, "reward": path.reward}
+def _parts_row(prompt_id: str, index: int, path: PathParts) -> dict:
+    return {"prompt_id": prompt_id, "path_index": index, "leaf_id": path.node_ids[-1], "node_ids": list(path.node_ids),
+            "text": path.text, "n_sentences": path.n_sentences, "self_parts": list(path.self_parts),
+            "relevance_parts": list(path.relevance_parts)}
 
 
 def pair_row(prompt_id: str, round_: int, prompts_key: str, pair: PreferencePair, lam: float, mode: str) -> dict:

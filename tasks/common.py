@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import logging
 from collections.abc import Callable, Iterable, Sequence
@@ -10,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from prefect.cache_policies import NONE
 from tqdm import tqdm
 
 from csr_core.keys import stage_key
@@ -18,8 +18,32 @@ from storage import stages
 from storage.artifacts import write_items
 from storage.store import Store
 
-# DuckDB decides what is complete, so Prefect's own result caching stays off.
-TASK_OPTIONS: dict[str, Any] = {"cache_policy": NONE, "persist_result": False}
+
+def stage_task(**options: Any):
+    """Make a stage function a Prefect task, built on its first call; `.fn` calls the function itself.
+
+    Building lazily keeps Prefect out of commands that run stages directly (`csr rescore` with no Prefect API
+    configured), which then start in a fraction of a second. DuckDB decides what is complete, so Prefect's
+    own result caching stays off.
+    """
+    def wrap(fn: Callable) -> StageTask:
+        return StageTask(fn, options)
+
+    return wrap
+
+
+class StageTask:
+    def __init__(self, fn: Callable, options: dict[str, Any]):
+        self.fn, self.options, self._task = fn, options, None
+        functools.update_wrapper(self, fn)
+
+    def __call__(self, *args, **kwargs):
+        if self._task is None:
+            from prefect import task
+            from prefect.cache_policies import NONE
+
+            self._task = task(cache_policy=NONE, persist_result=False, **self.options)(self.fn)
+        return self._task(*args, **kwargs)
 
 log = logging.getLogger("csr")
 

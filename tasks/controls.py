@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-from prefect import task
 
 from csr_core.controls import CONTROLS, oracle_pair, random_pair
 from csr_core.reward import PathReward
@@ -18,7 +17,7 @@ from storage.artifacts import read_prompts, write_pairs
 from storage.reports import read_path_rewards
 from storage.store import open_store
 from tasks.calibrate import pair_row
-from tasks.common import TASK_OPTIONS, StageSpec, file_sha256, logger, run_whole_stage
+from tasks.common import StageSpec, file_sha256, logger, run_whole_stage, stage_task
 from tasks.io import load_vocab, pool_truth
 
 CONTROL_LAM = -1.0  # `lam` of control pairs: no λ mix chose them
@@ -40,7 +39,7 @@ def has_ground_truth(pool_file: str, vocab_path: str) -> bool:
     return bool(vocab_path) and Path(vocab_path).is_file() and bool(pool_truth(pool_file))
 
 
-@task(name="control-pairs", **TASK_OPTIONS)
+@stage_task(name="control-pairs")
 def control_pairs(db: str, control: str, seed: int, paths_key: str, pool_file: str = "",
                   vocab_path: str = "") -> str:
     """Pairs picked by `control` among the complete paths of calibrate_select stage `paths_key`."""

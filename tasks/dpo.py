@@ -3,12 +3,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import task
-
 from csr_core.config import ModelConfig
 from storage.artifacts import append_training_metrics, model_path, read_pairs, register_model, write_training_run
 from storage.store import open_store
-from tasks.common import TASK_OPTIONS, StageSpec, run_whole_stage
+from tasks.common import StageSpec, run_whole_stage, stage_task
 from tasks.io import dpo_examples
 from training.dpo_config import DPOConfig
 
@@ -17,7 +15,7 @@ def dpo_spec(cfg: DPOConfig, model_key: str, pairs_key: str) -> StageSpec:
     return StageSpec("dpo_finetune", {"dpo": cfg}, {"model": model_key, "pairs": pairs_key})
 
 
-@task(name="dpo-finetune", **TASK_OPTIONS)
+@stage_task(name="dpo-finetune")
 def dpo_finetune(db: str, cfg: DPOConfig, model_cfg: ModelConfig, model_key: str, model_dir: str, pairs_key: str,
                  data_dir: str, round_: int) -> str:
     """Train, merge and register the round's model; returns its model key (= this stage's key)."""

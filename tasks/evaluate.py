@@ -5,23 +5,21 @@ import json
 from pathlib import Path
 
 import pandas as pd
-from prefect import task
 
 from csr_core.config import EvalConfig, ModelConfig, RuntimeConfig
 from csr_core.evaluation import evaluate_model
-from csr_core.metrics import preference_accuracy
-from storage.artifacts import read_pairs, replace_stage_rows, write_eval
+from storage.artifacts import write_eval
 from storage.store import open_store
 from tasks.common import (
-    TASK_OPTIONS,
     StageSpec,
     file_sha256,
     images_fingerprint,
     logger,
     run_whole_stage,
+    stage_task,
     without_paths,
 )
-from tasks.io import load_eval_items, load_vocab, pool_truth
+from tasks.io import load_eval_items, load_vocab
 from tasks.models import load_relevance, load_vlm
 
 
@@ -34,7 +32,7 @@ def evaluate_spec(cfg: EvalConfig, source: str, image_dir: str, vocab: str, mode
     return StageSpec("evaluate", {"eval": without_paths(cfg), "data": data}, {"model": model_key, "scorer": scorer_key})
 
 
-@task(name="evaluate", **TASK_OPTIONS)
+@stage_task(name="evaluate")
 def evaluate(db: str, cfg: EvalConfig, model_cfg: ModelConfig, runtime: RuntimeConfig, model_key: str,
              model_dir: str, scorer_key: str, scorer_dir: str, source: str, image_dir: str, vocab_path: str,
              round_: int) -> str:
@@ -69,30 +67,3 @@ def evaluate(db: str, cfg: EvalConfig, model_cfg: ModelConfig, runtime: RuntimeC
     return run_whole_stage(store, spec, work)
 
 
-@task(name="pair-accuracy", **TASK_OPTIONS)
-def pair_accuracy(db: str, pairs_key: str, pool_file: str, vocab_path: str) -> str | None:
-    """Share of pairs whose chosen response names fewer absent objects than the rejected one.
-
-    Needs ground truth for the pool's images (an "objects" field per prompt row, as the miniature
-    world writes); returns None, computing nothing, for pools without it.
-    """
-    if not Path(pool_file).is_file() or not Path(vocab_path).is_file():
-        return None
-    truth = pool_truth(pool_file)
-    if not truth:
-        return None
-    store = open_store(db)
-    spec = StageSpec("pair_accuracy", {"pool": file_sha256(pool_file)[:16]}, {"pairs": pairs_key})
-
-    def work(key: str) -> None:
-        pairs = read_pairs(store, pairs_key)
-        pairs = pairs[pairs["prompt_id"].isin(truth.keys())]
-        result = preference_accuracy(pairs["chosen"].tolist(), pairs["rejected"].tolist(),
-                                     [truth[p] for p in pairs["prompt_id"]], load_vocab(vocab_path))
-        round_ = int(pairs["round"].iloc[0]) if len(pairs) else 0
-        rows = [{"model_key": "", "round": round_, "split": "pairs", "metric": name,
-                 "value": float(getattr(result, name)), "n": result.n_pairs}
-                for name in ("accuracy", "n_better", "n_tied", "n_worse")]
-        replace_stage_rows(store, "eval_results", key, pd.DataFrame(rows))
-
-    return run_whole_stage(store, spec, work)

@@ -4,14 +4,13 @@ from __future__ import annotations
 from dataclasses import asdict
 
 import pandas as pd
-from prefect import task
 
 from csr_core.config import ModelConfig, RuntimeConfig
 from csr_core.reward import RewardConfig
 from csr_core.tree import PromptInput, SearchConfig, build_trees
 from storage.artifacts import read_prompts
 from storage.store import open_store
-from tasks.common import TASK_OPTIONS, ChunkResult, StageSpec, run_item_stage
+from tasks.common import ChunkResult, StageSpec, run_item_stage, stage_task
 from tasks.io import load_images
 from tasks.models import load_relevance, load_vlm
 
@@ -30,7 +29,7 @@ def generate_spec(search: SearchConfig, reward: RewardConfig, model_key: str, pr
     return StageSpec("generate_candidates", config, upstream)
 
 
-@task(name="generate-candidates", **TASK_OPTIONS)
+@stage_task(name="generate-candidates")
 def generate_candidates(db: str, search: SearchConfig, reward: RewardConfig, model_cfg: ModelConfig,
                         runtime: RuntimeConfig, model_key: str, model_dir: str, prompts_key: str,
                         relevance_dir: str = "", relevance_key: str | None = None) -> str:

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pandas as pd
 from PIL import Image
-from prefect import task
 
 from csr_core.config import PromptConfig
 from csr_core.prompts import PoolExhausted, parse_pool, sample_round
@@ -14,12 +13,12 @@ from csr_core.validation import ConfigError
 from storage.artifacts import replace_stage_rows
 from storage.store import open_store
 from tasks.common import (
-    TASK_OPTIONS,
     StageSpec,
     file_sha256,
     images_fingerprint,
     logger,
     run_whole_stage,
+    stage_task,
     without_paths,
 )
 
@@ -76,8 +75,7 @@ def _retry_unless_bad_input(task, task_run, state) -> bool:
     return True
 
 
-@task(name="sample-prompts", retries=2, retry_delay_seconds=1, retry_condition_fn=_retry_unless_bad_input,
-      **TASK_OPTIONS)
+@stage_task(name="sample-prompts", retries=2, retry_delay_seconds=1, retry_condition_fn=_retry_unless_bad_input)
 def sample_prompts(db: str, cfg: PromptConfig, round_: int, pool_file: str, image_dir: str, pool_key: str) -> str:
     """Draw round `round_`'s prompts; record each with its image hash, or the reason it is unusable."""
     store = open_store(db)

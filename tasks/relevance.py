@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import pandas as pd
-from prefect import task
 
 from csr_core.config import RelevanceConfig, RuntimeConfig
 from storage.artifacts import read_prompts, read_tree
 from storage.store import open_store
-from tasks.common import TASK_OPTIONS, ChunkResult, StageSpec, run_item_stage
+from tasks.common import ChunkResult, StageSpec, run_item_stage, stage_task
 from tasks.io import load_images
 from tasks.models import load_relevance
 
@@ -19,7 +18,7 @@ def relevance_spec(scorer_key: str, tree_key: str) -> StageSpec:
     return StageSpec("score_relevance", {"scorer": scorer_key}, {"tree": tree_key, "scorer": scorer_key})
 
 
-@task(name="score-relevance", **TASK_OPTIONS)
+@stage_task(name="score-relevance")
 def score_relevance(db: str, cfg: RelevanceConfig, runtime: RuntimeConfig, scorer_key: str, scorer_dir: str,
                     tree_key: str, prompts_key: str) -> str:
     store = open_store(db)

@@ -11,12 +11,11 @@ from pathlib import Path
 
 import pandas as pd
 from PIL import Image
-from prefect import task
 
 from storage import stages
 from storage.artifacts import replace_stage_rows, rows_for
 from storage.store import open_store
-from tasks.common import TASK_OPTIONS, StageSpec, TrainingProgress, file_sha256, logger, run_whole_stage
+from tasks.common import StageSpec, TrainingProgress, file_sha256, logger, run_whole_stage, stage_task
 from world.config import WorldConfig
 from world.corpus import build_corpus, instruction_for
 from world.scenes import generate_scenes, render_scene
@@ -30,7 +29,7 @@ def scenes_spec(cfg: WorldConfig) -> StageSpec:
     return StageSpec("world_scenes", {"world": cfg})
 
 
-@task(name="world-scenes", **TASK_OPTIONS)
+@stage_task(name="world-scenes")
 def build_scenes(db: str, cfg: WorldConfig, world_dir: str) -> str:
     store = open_store(db)
     spec = scenes_spec(cfg)
@@ -55,7 +54,7 @@ def build_scenes(db: str, cfg: WorldConfig, world_dir: str) -> str:
     return run_whole_stage(store, spec, work)
 
 
-@task(name="world-vlm", **TASK_OPTIONS)
+@stage_task(name="world-vlm")
 def train_world_vlm(db: str, cfg: WorldConfig, world_dir: str, scenes_key: str, show_progress: bool = True) -> str:
     from world.vlm import train_base_vlm
 
@@ -66,7 +65,7 @@ def train_world_vlm(db: str, cfg: WorldConfig, world_dir: str, scenes_key: str, 
                         show_progress)
 
 
-@task(name="world-clip", **TASK_OPTIONS)
+@stage_task(name="world-clip")
 def train_world_clip(db: str, cfg: WorldConfig, world_dir: str, scenes_key: str, show_progress: bool = True) -> str:
     from world.clip import train_relevance_clip
 

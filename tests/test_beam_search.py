@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from csr_core.beam_search import BeamParams, diverse_beam_search
+from csr_core.beam_search import diverse_beam_search
+from csr_core.beams import BeamParams
 
 VOCAB = 6
 STOP = 5  # plays the sentence delimiter

@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from csr_core.beam_search import Candidate
+from csr_core.beams import Candidate
 from csr_core.tree import PromptInput, SearchConfig, build_trees
 
 

@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from csr_core.beam_search import BeamParams, Candidate, diverse_beam_search
+from csr_core.beam_search import diverse_beam_search
+from csr_core.beams import BeamParams, Candidate
 from csr_core.prompts import without_image_placeholder
 
 FALLBACK_TEMPLATE = "USER: <image>\n{text} ASSISTANT:"

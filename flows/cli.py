@@ -108,7 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     rescore = _command(commands, "rescore", cmd_rescore,
                        "recompute calibrated rewards and pairs for stored candidates (no VLM, no CLIP)")
     _config_options(rescore)
-    rescore.add_argument("--lam", type=float, help="visual weight λ in [0, 1] (reward.lam)")
+    rescore.add_argument("--lam", type=_lams, help="visual weight λ in [0, 1] (reward.lam), a list (0,0.5,0.9) or a "
+                         "range START:STOP:STEP (0:1:0.05) for a λ curve")
+    rescore.add_argument("--out", default="./csr_report", help="where a λ curve's table and plot go "
+                         "(default ./csr_report)")
     rescore.add_argument("--mode", choices=["rank", "value"], help="calibration mode (reward.mode)")
     rescore.add_argument("--round", type=int, dest="round_", help="only the candidates of this round")
     rescore.add_argument("--tree", help="only this candidate tree stage key")
@@ -227,12 +230,49 @@ def cmd_world_build(args) -> int:
 
 
 def cmd_rescore(args) -> int:
-    cfg = _validated(args, **{"reward.lam": args.lam, "reward.mode": args.mode})
-    from flows.rescore import rescore
+    lams = args.lam or []
+    cfg = _validated(args, **{"reward.lam": lams[0] if len(lams) == 1 else None, "reward.mode": args.mode})
+    from flows.server import configured_api_url
 
-    with _flows():
-        results = rescore(config=cfg, round_=args.round_, tree_key=args.tree)
+    for lam in lams:
+        _reward_lam(cfg, lam)
+    if configured_api_url():  # runs are recorded in Prefect
+        from flows.rescore import rescore
+
+        with _flows():
+            results = rescore(config=cfg, round_=args.round_, tree_key=args.tree, lams=lams or None)
+    else:  # the stages run directly, recorded in DuckDB only: no temporary server to wait for
+        from flows.rescoring import rescore_candidates, with_reference
+
+        results = rescore_candidates(cfg, with_reference(lams) if lams else None, args.round_, args.tree)
+    if not results:
+        print(f"nothing to rescore: no complete candidates with relevance scores in {cfg.db}")
+    elif len(lams) > 1:
+        return _print_curve(cfg.db, results, args.out)
     print(json.dumps(results, indent=2))
+    return 0
+
+
+def _reward_lam(cfg, lam: float) -> None:
+    """λ must be a valid reward.lam (one line, exit 2, before any work)."""
+    import dataclasses
+
+    from csr_core.validation import ConfigError
+
+    try:
+        dataclasses.replace(cfg.reward, lam=lam)
+    except ConfigError as exc:
+        raise exc.within("reward") from None
+
+
+def _print_curve(db: str, results: list[dict], out: str) -> int:
+    from report.curve import curve_markdown, lambda_curve, write_curve
+    from storage.store import open_store
+
+    curve = lambda_curve(open_store(db), results)
+    files = write_curve(curve, out)
+    print(curve_markdown(curve))
+    print(f"λ curve: {files['md']}, {files['csv']}, {files['png']}")
     return 0
 
 
@@ -267,6 +307,20 @@ def cmd_export(args) -> int:
     done = export_pairs(args.db, args.out, args.pairs, args.format)
     print(f"{done.n_pairs} pairs of {done.pairs_key} written to {done.path}")
     return 0
+
+
+def _lams(text: str) -> list[float]:
+    """"0.5", "0,0.5,0.9" or "0:1:0.05" (both ends included)."""
+    if ":" not in text:
+        return _floats(text)
+    try:
+        start, stop, step = (float(x) for x in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected START:STOP:STEP, got {text!r}") from None
+    if step <= 0 or stop < start:
+        raise argparse.ArgumentTypeError(f"expected START <= STOP and STEP > 0, got {text!r}")
+    count = int(round((stop - start) / step)) + 1
+    return [round(start + i * step, 10) for i in range(count)]
 
 
 def _floats(text: str) -> list[float]:

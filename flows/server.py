@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,13 +36,28 @@ def prefect_api() -> Iterator[str]:
     """The API URL flows will use during the block, checked or started before anything runs."""
     from prefect.settings import PREFECT_API_URL
 
-    url = (PREFECT_API_URL.value() or "").strip()  # the environment, the active Prefect profile, or a harness
+    url = configured_api_url() or (PREFECT_API_URL.value() or "").strip()  # or a test harness's setting
     if url:
         check_reachable(url)
         yield url
         return
     with temporary_server() as url:
         yield url
+
+
+def configured_api_url() -> str:
+    """PREFECT_API_URL from the environment or the active profile, read without importing Prefect (1 s)."""
+    url = os.environ.get("PREFECT_API_URL", "").strip()
+    if url:
+        return url
+    home = Path(os.environ.get("PREFECT_HOME", Path.home() / ".prefect")).expanduser()
+    profiles_file = Path(os.environ.get("PREFECT_PROFILES_PATH", home / "profiles.toml")).expanduser()
+    try:
+        profiles = tomllib.loads(profiles_file.read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return ""
+    active = os.environ.get("PREFECT_PROFILE") or profiles.get("active", "")
+    return str(profiles.get("profiles", {}).get(active, {}).get("PREFECT_API_URL", "")).strip()
 
 
 def check_reachable(url: str, timeout_s: float = HEALTH_TIMEOUT_S) -> None:

@@ -106,3 +106,28 @@ def stage_status(store: Store) -> pd.DataFrame:
 
 def invalid_prompt_count(store: Store) -> int:
     return int(store.scalar("SELECT count(*) FROM prompts WHERE status = 'invalid'"))
+
+
+def pairs_summary(store: Store, pairs_keys: list[str]) -> pd.DataFrame:
+    """Per pairs stage: pairs, mean reward gap (chosen better by the stage's own measure), response lengths."""
+    return store.df(
+        "SELECT stage_key AS pairs_key, count(*) AS n_pairs, "
+        "avg(CASE WHEN mode = 'rank' THEN rejected_reward - chosen_reward ELSE chosen_reward - rejected_reward END)"
+        " AS reward_gap, avg(len(string_split(chosen, ' '))) AS chosen_words, "
+        "avg(len(string_split(rejected, ' '))) AS rejected_words "
+        "FROM preference_pairs WHERE stage_key IN (SELECT unnest(?)) GROUP BY 1", [pairs_keys])
+
+
+def pair_agreement(store: Store, pairs_keys: list[str], reference_key: str) -> pd.DataFrame:
+    """Per pairs stage: the share of the reference stage's prompts given the same chosen and rejected paths."""
+    return store.df(
+        "SELECT p.stage_key AS pairs_key, avg(CASE WHEN p.chosen_nodes = r.chosen_nodes "
+        "AND p.rejected_nodes = r.rejected_nodes THEN 1.0 ELSE 0.0 END) AS agreement "
+        "FROM preference_pairs p JOIN preference_pairs r ON r.stage_key = ? AND r.prompt_id = p.prompt_id "
+        "WHERE p.stage_key IN (SELECT unnest(?)) GROUP BY 1", [reference_key, pairs_keys])
+
+
+def accuracy_of(store: Store, accuracy_keys: list[str]) -> pd.DataFrame:
+    return store.df("SELECT stage_key AS accuracy_key, value AS accuracy FROM eval_results "
+                    "WHERE stage_key IN (SELECT unnest(?)) AND split = 'pairs' AND metric = 'accuracy'",
+                    [accuracy_keys])

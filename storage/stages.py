@@ -116,3 +116,17 @@ def find_stages(store: Store, stage: str, *, status: str = "complete", **upstrea
         params += [f"$.{name}", value]
     keys = [row[0] for row in store.rows(sql + " ORDER BY started_at DESC", params)]
     return [record for record in (get_stage(store, key) for key in keys) if record is not None]
+
+
+def scored_candidates(store: Store, round_: int | None = None, tree_key: str | None = None) -> list[dict[str, str]]:
+    """The complete (tree, relevance, prompts) key triples stored, newest first, optionally filtered."""
+    found = []
+    for relevance in find_stages(store, "score_relevance"):
+        tree = get_stage(store, relevance.upstream["tree"])
+        if tree is None or tree.status != "complete" or (tree_key and tree.stage_key != tree_key):
+            continue
+        prompts = get_stage(store, tree.upstream["prompts"])
+        if round_ is not None and (prompts is None or prompts.config.get("round") != round_):
+            continue
+        found.append({"tree": tree.stage_key, "relevance": relevance.stage_key, "prompts": tree.upstream["prompts"]})
+    return found

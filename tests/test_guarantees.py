@@ -160,10 +160,8 @@ def test_bad_yaml_and_an_unreachable_prefect_server_are_one_line_before_any_work
         assert csr(["run", "--db", str(db), *args]) == 2
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, err
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:9/api"}):
-        assert csr(["rescore", "--db", str(db), "--config", TINY]) == 2
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
+    assert csr(["rescore", "--db", str(db), "--config", TINY]) == 2
     err = capsys.readouterr().err
     assert "PREFECT_API_URL=http://127.0.0.1:9/api does not answer" in err and len(err.strip().splitlines()) == 1
 

@@ -101,3 +101,30 @@ def test_the_calibrate_stage_stores_the_per_prompt_paths_pairs(tiny_run):
             assert stored == expected and stored
     finally:
         store.close()
+
+
+def test_a_lambda_curve_in_one_command_without_a_prefect_server(tiny_run, tmp_path, capsys, monkeypatch):
+    from flows.cli import main as csr
+    from flows.stages import calibrate_flow
+    from storage.store import close_all, query_rows
+
+    calibrate_flow(config_files=[TINY], overrides=tiny_run["overrides"])
+    close_all()
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.setenv("PREFECT_PROFILES_PATH", str(tmp_path / "no-profiles.toml"))
+    args = ["rescore", "--config", TINY, "--db", str(tiny_run["db"]), "--data-dir", str(tiny_run["data_dir"]),
+            "--lam", "0:1:0.25", "--out", str(tmp_path / "curve")]
+    assert csr(args) == 0
+    close_all()
+    out = capsys.readouterr().out
+    assert "same pairs as λ=0.9" in out and (tmp_path / "curve" / "lambda_curve.png").stat().st_size > 1000
+    import pandas as pd
+
+    curve = pd.read_csv(tmp_path / "curve" / "lambda_curve.csv")
+    assert curve["lam"].tolist() == [0.0, 0.25, 0.5, 0.75, 0.9, 1.0]
+    assert curve.loc[curve["lam"] == 0.9, "agreement"].item() == 1.0 and curve["pairs"].min() >= 1
+    assert curve["accuracy"].notna().all()  # the world's pool has ground truth
+    lams = {r[0] for r in query_rows(tiny_run["db"], "SELECT DISTINCT lam FROM preference_pairs")}
+    assert lams == {0.0, 0.25, 0.5, 0.75, 0.9, 1.0}
+    assert csr([*args[:-4], "--lam", "1.5"]) == 2
+    assert "reward.lam: must be in [0, 1]" in capsys.readouterr().err

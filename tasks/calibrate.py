@@ -50,7 +50,7 @@ def score_path_parts(db: str, reward: RewardConfig, tree_key: str, relevance_key
         tree = read_scored_tree(store, tree_key, relevance_key)
         rows = []
         for prompt_id, nodes in tree.groupby("prompt_id", sort=True):
-            paths = path_parts([_scored_node(row) for row in nodes.itertuples()], reward)
+            paths = path_parts([scored_node(row) for row in nodes.itertuples()], reward)
             rows += [_parts_row(prompt_id, index, path) for index, path in enumerate(paths)]
         write_path_parts(store, key, pd.DataFrame(rows, columns=PARTS_COLUMNS))
 
@@ -138,7 +138,7 @@ PARTS_COLUMNS = ["prompt_id", "path_index", "leaf_id", "node_ids", "text", "n_se
                  "relevance_parts"]
 
 
-def _scored_node(row) -> ScoredNode:
+def scored_node(row) -> ScoredNode:
     cosine = 0.0 if row.cosine is None or (isinstance(row.cosine, float) and math.isnan(row.cosine)) else row.cosine
     parent = None if row.parent_id is None or pd.isna(row.parent_id) else int(row.parent_id)
     return ScoredNode(node_id=int(row.node_id), parent_id=parent, text=row.text, cum_score=row.cum_score,

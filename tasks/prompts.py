@@ -64,7 +64,7 @@ def read_prompt_file(path: str | Path) -> list:
     return rows
 
 
-def _retry_unless_bad_input(task, task_run, state) -> bool:
+def retry_unless_bad_input(task, task_run, state) -> bool:
     """Retry transient failures only: a bad prompt file or an exhausted pool fails the same way again."""
     try:
         state.result()
@@ -75,7 +75,7 @@ def _retry_unless_bad_input(task, task_run, state) -> bool:
     return True
 
 
-@stage_task(name="sample-prompts", retries=2, retry_delay_seconds=1, retry_condition_fn=_retry_unless_bad_input)
+@stage_task(name="sample-prompts", retries=2, retry_delay_seconds=1, retry_condition_fn=retry_unless_bad_input)
 def sample_prompts(db: str, cfg: PromptConfig, round_: int, pool_file: str, image_dir: str, pool_key: str) -> str:
     """Draw round `round_`'s prompts; record each with its image hash, or the reason it is unusable."""
     store = open_store(db)
@@ -89,7 +89,7 @@ def sample_prompts(db: str, cfg: PromptConfig, round_: int, pool_file: str, imag
             logger().warning("round %d gets %d of prompts.n_per_round=%d prompts: the pool has %d valid prompts "
                              "(prompts.when_exhausted=%s)", round_, len(picked), cfg.n_per_round, len(by_id),
                              cfg.when_exhausted)
-        records = [_check_image(by_id[pid], image_dir, round_) for pid in picked]
+        records = [check_image(by_id[pid], image_dir, round_) for pid in picked]
         records += [_invalid_row(pid, reason, round_) for pid, reason in invalid.items()]
         replace_stage_rows(store, "prompts", key, pd.DataFrame(records))
 
@@ -107,7 +107,7 @@ def _json_type(value) -> str:
     return {dict: "object", str: "string", bool: "boolean", type(None): "null"}.get(type(value), "number")
 
 
-def _check_image(prompt, image_dir: str, round_: int) -> dict:
+def check_image(prompt, image_dir: str, round_: int) -> dict:
     path = str(Path(image_dir) / prompt.image)
     record = {"prompt_id": prompt.prompt_id, "round": round_, "image_path": path,
               "instruction": prompt.instruction, "image_sha256": None, "status": "ok", "error": None}

@@ -4,7 +4,7 @@ from PIL import Image
 
 from csr_core.prompts import PoolPrompt
 from tasks.io import load_rgb, to_8bit
-from tasks.prompts import _check_image
+from tasks.prompts import check_image
 
 SIXTEEN = np.array([[0, 256, 32768], [65535, 1000, 50000]], dtype=np.uint16)
 EIGHT = [[0, 1, 128], [255, 4, 195]]  # round(v * 255 / 65535), by hand
@@ -23,7 +23,7 @@ def test_a_16_bit_png_is_scaled_to_8_bits_not_clipped(tmp_path):
 
 def test_a_16_bit_png_passes_the_prompt_stage_image_check(tmp_path):
     Image.fromarray(SIXTEEN).save(tmp_path / "gray16.png")
-    record = _check_image(PoolPrompt("p", "gray16.png", "Describe."), str(tmp_path), 1)
+    record = check_image(PoolPrompt("p", "gray16.png", "Describe."), str(tmp_path), 1)
     assert record["status"] == "ok" and len(record["image_sha256"]) == 64
 
 

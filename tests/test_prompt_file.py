@@ -7,7 +7,7 @@ from prefect.states import Failed
 
 from csr_core.prompts import MAX_INSTRUCTION_CHARS, PoolExhausted, parse_pool
 from csr_core.validation import ConfigError
-from tasks.prompts import _retry_unless_bad_input, read_prompt_file
+from tasks.prompts import read_prompt_file, retry_unless_bad_input
 
 
 def row(pid, image="x.jpg", text="<image>\nDescribe the image."):
@@ -96,6 +96,6 @@ def test_a_usable_file_returns_its_rows_malformed_ones_included(tmp_path):
 
 def test_bad_input_is_not_retried_but_other_failures_are():
     # Prefect's task engine hands retry_condition_fn a Failed state holding the exception
-    assert not _retry_unless_bad_input(None, None, Failed(data=ConfigError("prompts.source", "not JSON")))
-    assert not _retry_unless_bad_input(None, None, Failed(data=PoolExhausted("prompts: round 4 ...")))
-    assert _retry_unless_bad_input(None, None, Failed(data=OSError("disk full")))
+    assert not retry_unless_bad_input(None, None, Failed(data=ConfigError("prompts.source", "not JSON")))
+    assert not retry_unless_bad_input(None, None, Failed(data=PoolExhausted("prompts: round 4 ...")))
+    assert retry_unless_bad_input(None, None, Failed(data=OSError("disk full")))

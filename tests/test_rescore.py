@@ -73,7 +73,7 @@ def test_the_calibrate_stage_stores_the_per_prompt_paths_pairs(tiny_run):
     from flows.stages import calibrate_flow
     from storage.artifacts import read_scored_tree
     from storage.store import Store, close_all
-    from tasks.calibrate import _scored_node
+    from tasks.calibrate import scored_node
 
     db = tiny_run["db"]
     shutil.copy(tiny_run["world_db"], db)
@@ -91,7 +91,7 @@ def test_the_calibrate_stage_stores_the_per_prompt_paths_pairs(tiny_run):
             tree = read_scored_tree(store, up["tree"], up["relevance"])
             expected = {}
             for prompt_id, nodes in tree.groupby("prompt_id", sort=True):
-                pair = select_pair(score_paths([_scored_node(r) for r in nodes.itertuples()], cfg), cfg)
+                pair = select_pair(score_paths([scored_node(r) for r in nodes.itertuples()], cfg), cfg)
                 if pair is not None:
                     expected[prompt_id] = (pair.chosen.text, pair.rejected.text, pair.chosen.reward,
                                            pair.rejected.reward, list(pair.chosen.node_ids))

@@ -63,15 +63,20 @@ def weigh_all(table: PathTable, cfg: RewardConfig) -> Rewards:
         denominator = np.ones_like(table.n_sentences)
     self_sum = np.zeros(len(table.group))
     relevance_sum = np.zeros(len(table.group))
+    mixed_sum = np.zeros(len(table.group))
     for j in range(table.self_parts.shape[1]):  # left to right, as Python's sum() adds
-        self_sum = self_sum + (1.0 - cfg.lam) * table.self_parts[:, j]
-        relevance_sum = relevance_sum + cfg.lam * table.relevance_parts[:, j]
+        self_part, relevance_part = (1.0 - cfg.lam) * table.self_parts[:, j], cfg.lam * table.relevance_parts[:, j]
+        self_sum = self_sum + self_part
+        relevance_sum = relevance_sum + relevance_part
+        mixed_sum = mixed_sum + (self_part + relevance_part)
     self_term, relevance_term = self_sum / denominator, relevance_sum / denominator
-    return Rewards(self_term, relevance_term, self_term + relevance_term)
+    reward = mixed_sum / denominator if cfg.mode == "rank" else self_term + relevance_term
+    return Rewards(self_term, relevance_term, reward)
 
 
 def select_pairs(table: PathTable, rewards: Rewards, cfg: RewardConfig) -> Pairs:
-    """Per prompt with two paths or more: the first best path as chosen, the last worst other one as rejected."""
+    """Per prompt with two paths or more (one, with `dedupe_texts` off): the first best path as chosen, the last
+    worst as rejected."""
     goodness = (-1.0 if cfg.mode == "rank" else 1.0) * rewards.reward
     index = np.arange(len(goodness))
     best_first = np.lexsort((index, -goodness, table.group))  # by prompt, best first, earliest first
@@ -79,5 +84,5 @@ def select_pairs(table: PathTable, rewards: Rewards, cfg: RewardConfig) -> Pairs
     starts = np.flatnonzero(np.r_[True, table.group[best_first][1:] != table.group[best_first][:-1]]) \
         if len(goodness) else np.array([], dtype=np.int64)
     sizes = np.diff(np.r_[starts, len(goodness)])
-    keep = starts[sizes >= 2]
+    keep = starts[sizes >= (2 if cfg.dedupe_texts else 1)]
     return Pairs(table.group[best_first[keep]], best_first[keep], worst_first[keep])

@@ -5,8 +5,9 @@ Two documented modes, over complete paths only (root -> final leaf, no filtered 
 - `rank` (the paper's code). Among the siblings of each node (same parent, filtered ones left out), rank once by
   cumulative self score (higher is better) and once by image relevance (higher is better):
   rank_j = j / n for the j-th best of n siblings, so 1/n is best. A path's reward is
-  sum over its sentences of ((1 - lam) * rank_T + lam * rank_I), divided by (its number of sentences + 1), the
-  +1 counting the root as the paper's code does. Lower is better: the lowest path is chosen, the highest rejected.
+  sum over its sentences of ((1 - lam) * rank_T + lam * rank_I), accumulated sentence by sentence and divided
+  once by (its number of sentences + 1), the +1 counting the root, as the paper's `construct.py` computes it.
+  Lower is better: the lowest path is chosen, the highest rejected.
 - `value` (the paper's text). Per sentence R = lam * R_I + (1 - lam) * R_T with R_I = max(100 * cos, 0) and
   R_T the sentence's probability (`self_reward`: "token_prob" = exp(logprob_sum / token_count), the
   geometric-mean token probability, so long sentences are not crushed; "prob" = exp(logprob_sum)); a path's
@@ -16,7 +17,10 @@ Two documented modes, over complete paths only (root -> final leaf, no filtered 
   below the response's average, which is what an appended hallucination does.
 
 Degenerate sentences are filtered (see `filter_reason`); a filtered sentence drops its whole subtree.
-Ties break in the order the search produced the nodes (node_id order).
+Paths are listed in depth-first order, children in the order the search made them (`path_order="dfs"`, the
+paper's `dfs`), or in the order their leaves were made (`"leaf"`); ties go to the first best path as chosen and
+the last worst as rejected, as the paper's stable sort does. `dedupe_texts` (on) keeps one path per text and
+makes no pair from fewer than two; off reproduces the paper's code, pairs of identical texts included.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from csr_core.validation import require, require_choice
 MODES = ("rank", "value")
 SELF_REWARDS = ("token_prob", "prob")
 AGGREGATES = ("sum", "mean")
+PATH_ORDERS = ("dfs", "leaf")
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,8 @@ class RewardConfig:
     min_chars: int = 4  # sentences shorter than this (stripped) are degenerate
     max_word_repeat: int = 3  # a word repeated this many times in a row is degenerate
     min_alpha_ratio: float = 0.5  # fewer letters than this among non-space characters: a non-text run
+    path_order: str = "dfs"  # "dfs" (the paper's code) | "leaf" (leaf creation order): the tie order
+    dedupe_texts: bool = True  # one path per text, no pair of identical texts (off: the paper's code)
 
     def __post_init__(self):
         require(0.0 <= self.lam <= 1.0, "lam", f"must be in [0, 1], got {self.lam}")
@@ -53,6 +60,7 @@ class RewardConfig:
         require(self.min_chars >= 0, "min_chars", f"must be >= 0, got {self.min_chars}")
         require(self.max_word_repeat >= 2, "max_word_repeat", f"must be >= 2, got {self.max_word_repeat}")
         require(0.0 <= self.min_alpha_ratio <= 1.0, "min_alpha_ratio", f"must be in [0, 1], got {self.min_alpha_ratio}")
+        require_choice(self.path_order, "path_order", PATH_ORDERS)
 
 
 @dataclass(frozen=True)
@@ -152,7 +160,12 @@ def weigh(parts: PathParts, cfg: RewardConfig) -> PathReward:
         denominator = max(parts.n_sentences, 1) if cfg.aggregate == "mean" else 1
     self_term = sum((1.0 - cfg.lam) * x for x in parts.self_parts) / denominator
     relevance_term = sum(cfg.lam * x for x in parts.relevance_parts) / denominator
-    return PathReward(node_ids=parts.node_ids, reward=self_term + relevance_term, n_sentences=parts.n_sentences,
+    if cfg.mode == "rank":  # the paper's arithmetic: one sum of mixed sentence terms, one division
+        reward = sum((1.0 - cfg.lam) * a + cfg.lam * b for a, b in zip(parts.self_parts, parts.relevance_parts))
+        reward /= denominator
+    else:
+        reward = self_term + relevance_term
+    return PathReward(node_ids=parts.node_ids, reward=reward, n_sentences=parts.n_sentences,
                       text=parts.text, self_term=self_term, relevance_term=relevance_term)
 
 
@@ -169,17 +182,35 @@ def path_parts(nodes: Sequence[ScoredNode], cfg: RewardConfig) -> list[PathParts
     valid = {n.node_id for n in nodes
              if n.parent_id is None or _is_terminator(n) or filter_reason(n.text, cfg) is None}
     ranks = _sibling_ranks(nodes, valid, order) if cfg.mode == "rank" else {}
-    paths: dict[str, PathParts] = {}
-    for leaf in nodes:
-        if not leaf.is_final or leaf.parent_id is None:
-            continue
+    paths: list[PathParts] = []
+    seen: set[str] = set()
+    for leaf in _leaves(nodes, cfg.path_order):
         chain = _chain(leaf, by_id)
         if chain is None or not all(n.node_id in valid for n in chain):
             continue
         path = _path_parts(chain, ranks, cfg)
-        if path.n_sentences and path.text not in paths:
-            paths[path.text] = path
-    return list(paths.values())
+        if path.n_sentences and not (cfg.dedupe_texts and path.text in seen):
+            seen.add(path.text)
+            paths.append(path)
+    return paths
+
+
+def _leaves(nodes: Sequence[ScoredNode], path_order: str) -> list[ScoredNode]:
+    """The final nodes, in leaf creation order or depth-first (children in creation order)."""
+    finals = [n for n in nodes if n.is_final and n.parent_id is not None]
+    if path_order == "leaf":
+        return finals
+    children = defaultdict(list)
+    for n in nodes:
+        if n.parent_id is not None:
+            children[n.parent_id].append(n)
+    ordered, stack = [], [n for n in nodes if n.parent_id is None][::-1]
+    while stack:
+        node = stack.pop()
+        if node.is_final and node.parent_id is not None:
+            ordered.append(node)
+        stack.extend(children[node.node_id][::-1])
+    return ordered
 
 
 def _is_terminator(node: ScoredNode) -> bool:
@@ -230,16 +261,16 @@ def _path_parts(chain: list[ScoredNode], ranks, cfg: RewardConfig) -> PathParts:
 
 
 def select_pair(paths: Sequence[PathReward], cfg: RewardConfig) -> PreferencePair | None:
-    """Best path as chosen, worst as rejected; None with fewer than two paths.
+    """Best path as chosen, worst as rejected: the first best one and the last worst one, as the paper's stable
+    sort picks them, so they differ whenever two paths exist. None with fewer than two paths (with
+    `dedupe_texts` off, as in the paper's code, one path makes a pair with itself).
 
-    rank mode: lower reward is better; value mode: higher is better. The chosen path is the first best one,
-    the rejected the last worst one other than it, so they differ whenever two paths exist.
+    rank mode: lower reward is better; value mode: higher is better.
     """
-    if len(paths) < 2:
+    if len(paths) < (2 if cfg.dedupe_texts else 1):
         return None
     sign = -1.0 if cfg.mode == "rank" else 1.0
     goodness = [sign * p.reward for p in paths]
     chosen_index = max(range(len(paths)), key=lambda i: (goodness[i], -i))
-    others = [i for i in range(len(paths)) if i != chosen_index]
-    rejected_index = min(others, key=lambda i: (goodness[i], -i))
+    rejected_index = min(range(len(paths)), key=lambda i: (goodness[i], -i))
     return PreferencePair(chosen=paths[chosen_index], rejected=paths[rejected_index])

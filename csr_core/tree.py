@@ -5,8 +5,9 @@ all live nodes of all prompts decode together (in chunks of `max_batch_nodes`). 
 response (EOS, the token budget, `max_depth` or `max_response_tokens`) stay as final leaves. Of a prompt's new
 non-final nodes, pooled across its live parents, the step keeps the `keep_top` best and `keep_bottom` worst by
 cumulative self score (`prune_by="self"`, the paper's code) or by cumulative calibrated value
-(`prune_by="calibrated"`, the paper's text; needs a relevance callable); all of them when there are no more than
-`keep_top + keep_bottom`.
+(`prune_by="calibrated"`, the paper's text; needs a relevance callable), once there are at least `prune_min_open`
+of them; fewer are all kept. The paper's `sample.py` prunes from 5 open children (its number of sentence beams)
+and keeps `new_nodes[:1] + new_nodes[-2:]`.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class SearchConfig:  # defaults = the paper's code
     max_new_tokens: int = 70  # per sentence
     keep_top: int = 1
     keep_bottom: int = 2
+    prune_min_open: int = 5  # top/bottom pruning applies from this many open children (the paper's 5 beams)
     max_depth: int = 12  # sentences
     max_response_tokens: int = 400
     length_penalty: float = 1.0
@@ -41,7 +43,7 @@ class SearchConfig:  # defaults = the paper's code
     max_batch_nodes: int = 64  # live nodes decoded per forward (memory bound)
 
     def __post_init__(self):
-        for name in ("max_new_tokens", "max_depth", "max_response_tokens", "max_batch_nodes"):
+        for name in ("max_new_tokens", "max_depth", "max_response_tokens", "max_batch_nodes", "prune_min_open"):
             require(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
         try:
             self.beam_params  # noqa: B018 - BeamParams checks the token-level beam settings
@@ -197,7 +199,7 @@ def _by_prompt(children: list[_Live]) -> dict[str, list[_Live]]:
 def _prune(group: list[_Live], cfg: SearchConfig) -> set[int]:
     """ids (Python object ids) of the non-final children kept: top keep_top and bottom keep_bottom."""
     open_nodes = [c for c in group if not c.node.is_final]
-    if len(open_nodes) <= cfg.keep_top + cfg.keep_bottom:
+    if len(open_nodes) < cfg.prune_min_open:
         return {id(c) for c in open_nodes}
 
     def key(c: _Live) -> float:

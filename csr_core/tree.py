@@ -23,6 +23,7 @@ from csr_core.reward import RewardConfig, ScoredNode, sentence_value
 from csr_core.validation import ConfigError, require, require_choice
 
 PRUNE_MODES = ("self", "calibrated")
+DELIMITERS = ("suffix", "period")
 BEAM_FIELDS = {"num_beams": "num_token_beams"}  # BeamParams field -> SearchConfig field
 RelevanceFn = Callable[[list[str], list[str]], list[float]]
 
@@ -36,6 +37,7 @@ class SearchConfig:  # defaults = the paper's code
     keep_top: int = 1
     keep_bottom: int = 2
     prune_min_open: int = 5  # top/bottom pruning applies from this many open children (the paper's 5 beams)
+    delimiters: str = "suffix"  # "suffix": every token ending in "."; "period": the "." token only (the paper)
     max_depth: int = 12  # sentences
     max_response_tokens: int = 400
     length_penalty: float = 1.0
@@ -53,6 +55,7 @@ class SearchConfig:  # defaults = the paper's code
             require(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
         require(self.keep_top + self.keep_bottom >= 1, "keep_bottom", "keep_top + keep_bottom must be >= 1")
         require_choice(self.prune_by, "prune_by", PRUNE_MODES)
+        require_choice(self.delimiters, "delimiters", DELIMITERS)
 
     @property
     def beam_params(self) -> BeamParams:

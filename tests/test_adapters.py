@@ -127,3 +127,27 @@ def test_answer_first_token_refuses_a_tokenizer_that_merges_it_into_the_prompt()
 
     with pytest.raises(ValueError, match="merges it"):
         _answer_token(merging, "Yes")
+
+
+def test_period_delimiters_are_the_papers_single_token_and_suffix_ones_all_that_end_a_sentence():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from csr_core.adapters.vlm import period_token_id
+
+    vocab = {"<unk>": 0, ".": 1, "▁.": 2, ").": 3, "▁mug": 4, "▁cup": 5}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>")
+    assert delimiter_token_ids(tokenizer) == [1, 2, 3]
+    assert period_token_id(tokenizer) == 1
+    no_period = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(
+        vocab={"<unk>": 0, "▁mug": 1}, unk_token="<unk>")), unk_token="<unk>")
+    with pytest.raises(ValueError, match="no '.' token"):
+        period_token_id(no_period)
+
+
+def test_the_adapter_takes_its_delimiters_from_the_search_setting(tmp_path):
+    path = make_tiny_llava(tmp_path)
+    vlm = LlavaAdapter.from_pretrained(path, delimiters="period")
+    assert vlm.delimiter_ids == frozenset({vlm.tokenizer.convert_tokens_to_ids(".")})

@@ -62,24 +62,29 @@ def _resolve_dtype(dtype):
 
 
 class LlavaAdapter:
-    def __init__(self, model, processor, *, device: str = "cpu"):
+    """`delimiters`: "suffix" ends a sentence at every vocabulary token whose text ends in "." (" .", ")." ...);
+    "period" only at the tokenizer's "." token, as the paper's code does (its `--period_id 29889`)."""
+
+    def __init__(self, model, processor, *, device: str = "cpu", delimiters: str = "suffix"):
         self.model = model.eval()
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.device = torch.device(device)
         self.eos_ids = frozenset(_eos_ids(model, self.tokenizer))
-        self.delimiter_ids = frozenset(delimiter_token_ids(self.tokenizer)) - self.eos_ids
+        ids = delimiter_token_ids(self.tokenizer) if delimiters == "suffix" else [period_token_id(self.tokenizer)]
+        self.delimiter_ids = frozenset(ids) - self.eos_ids
         # never generated during the search: an image placeholder in a response would break re-encoding
         self.suppress_ids = frozenset(_suppressed_ids(model, self.tokenizer))
 
     @classmethod
-    def from_pretrained(cls, model_dir, *, device="cpu", dtype=None, trust_remote_code=False) -> LlavaAdapter:
+    def from_pretrained(cls, model_dir, *, device="cpu", dtype=None, trust_remote_code=False,
+                        delimiters: str = "suffix") -> LlavaAdapter:
         from transformers import AutoProcessor
 
         model_dir = str(Path(model_dir))
         processor = AutoProcessor.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
         model = load_vlm_weights(model_dir, dtype=_resolve_dtype(dtype), trust_remote_code=trust_remote_code)
-        return cls(model.to(device), processor, device=device)
+        return cls(model.to(device), processor, device=device, delimiters=delimiters)
 
     # --- prompts -------------------------------------------------------------------------------------------
     def format_prompt(self, instruction: str) -> str:
@@ -268,6 +273,14 @@ def delimiter_token_ids(tokenizer, delimiter: str = ".") -> list[int]:
         if text.endswith(delimiter):
             ids.append(token_id)
     return sorted(ids)
+
+
+def period_token_id(tokenizer) -> int:
+    """The vocabulary's own "." token (Llama's 29889), the one delimiter of the paper's code."""
+    token_id = tokenizer.convert_tokens_to_ids(".")
+    if token_id is None or token_id == tokenizer.unk_token_id:
+        raise ValueError("search.delimiters=period: the tokenizer has no '.' token; use delimiters=suffix")
+    return int(token_id)
 
 
 def _suppressed_ids(model, tokenizer) -> list[int]:

@@ -4,7 +4,7 @@
 
 For each N: copies the store, replicates round 1's prompts, trees, relevance scores and stored path parts to N
 prompts (new prompt ids, same trees), then measures
-- `csr rescore --round 1 --lam 0.5` as a new process: wall time, peak RSS (the user's view, process start
+- `csr rescore --tree KEY --lam 0.5` (round 1's tree), a new process: wall time, peak RSS (process start
   included, no Prefect API configured, as on a laptop);
 - a 21-value λ curve (`--lam 0:1:0.05`) the same way;
 - in process, λ = 0.5's pairs from the stored parts (what the stage now does) against the per-prompt Python
@@ -42,9 +42,9 @@ def main() -> None:
             db = Path(tmp) / "csr.duckdb"
             shutil.copy(args.db, db)
             keys = replicate(db, n)
-            wall, rss = timed([CSR, "rescore", "--round", "1", "--lam", "0.5", "--db", str(db),
+            wall, rss = timed([CSR, "rescore", "--tree", keys["tree"], "--lam", "0.5", "--db", str(db),
                                "--data-dir", args.data_dir], env)
-            curve_wall, _ = timed([CSR, "rescore", "--round", "1", "--lam", "0:1:0.05", "--db", str(db),
+            curve_wall, _ = timed([CSR, "rescore", "--tree", keys["tree"], "--lam", "0:1:0.05", "--db", str(db),
                                    "--data-dir", args.data_dir, "--out", str(Path(tmp) / "curve")], env)
             fast, slow, paths = in_process(db, keys)
             print(f"| {n:,} | {paths:,} | {wall:.2f} s, {rss / 1e6:.0f} MB | {curve_wall:.2f} s | "
@@ -67,8 +67,8 @@ def replicate(db: Path, n: int) -> dict[str, str]:
             for table, key in (("prompts", keys["prompts"]), ("tree_nodes", keys["tree"]),
                                ("relevance_scores", keys["relevance"]), ("path_parts", keys["parts"])):
                 ok = " AND status = 'ok'" if table == "prompts" else ""
-                con.execute(f"INSERT INTO {table} SELECT * REPLACE (prompt_id || '~' || k AS prompt_id) FROM {table}, "
-                            f"range(1, ?) t(k) WHERE stage_key = ?{ok}", [copies, key])
+                con.execute(f"INSERT INTO {table} SELECT {table}.* REPLACE (prompt_id || '~' || k AS prompt_id) "
+                            f"FROM {table}, range(1, ?) t(k) WHERE stage_key = ?{ok}", [copies, key])
                 con.execute(f"DELETE FROM {table} WHERE stage_key = ? AND prompt_id IN (SELECT prompt_id FROM "
                             f"(SELECT DISTINCT prompt_id FROM {table} WHERE stage_key = ? ORDER BY prompt_id) "
                             f"OFFSET ?)", [key, key, n])

@@ -29,13 +29,14 @@ def as_task(stage, *args):
 def rescore_candidates(cfg: RunConfig, lams: Sequence[float] | None = None, round_: int | None = None,
                        tree_key: str | None = None, run: Callable = direct) -> list[dict]:
     """Pairs (and their accuracy where ground truth exists) for every stored candidate set and every λ."""
-    inputs = resolve_inputs(cfg)
+    inputs, store = resolve_inputs(cfg), open_store(cfg.db)
     results = []
-    for keys in scored_candidates(open_store(cfg.db), round_, tree_key):
+    for keys in scored_candidates(store, round_, tree_key):
         for lam in lams if lams is not None else [cfg.reward.lam]:
             reward = dataclasses.replace(cfg.reward, lam=float(lam))
-            pairs = run(calibrate_select, cfg.db, reward, keys["tree"], keys["relevance"], keys["prompts"])
-            accuracy = run(pair_accuracy, cfg.db, pairs, inputs.pool_file, inputs.vocab_file)
+            with store.session():  # one connection for the λ's few queries and writes, let go after
+                pairs = run(calibrate_select, cfg.db, reward, keys["tree"], keys["relevance"], keys["prompts"])
+                accuracy = run(pair_accuracy, cfg.db, pairs, inputs.pool_file, inputs.vocab_file)
             results.append({**keys, "lam": float(lam), "pairs": pairs, "pair_accuracy": accuracy})
     return results
 

@@ -1,6 +1,7 @@
 """Reads and writes of stage artifacts. Each write replaces a slice in one transaction."""
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -57,9 +58,17 @@ def portable_path(store: Store, path: str) -> str:
 
 
 def located_path(store: Store, path: str | None) -> str | None:
-    if not path or Path(path).is_absolute():
+    return _located(_store_root(store), path)
+
+
+def _store_root(store: Store) -> str:
+    return str(Path(store.path).resolve().parent)
+
+
+def _located(root: str, path: str | None) -> str | None:
+    if not path or os.path.isabs(path):
         return path
-    return str(Path(store.path).resolve().parent / path)
+    return os.path.join(root, path)
 
 
 def _portable_column(store: Store, frame: pd.DataFrame, column: str) -> pd.DataFrame:
@@ -71,7 +80,8 @@ def _portable_column(store: Store, frame: pd.DataFrame, column: str) -> pd.DataF
 def _located_column(store: Store, frame: pd.DataFrame, column: str) -> pd.DataFrame:
     if column not in frame.columns or frame.empty:
         return frame
-    return frame.assign(**{column: [located_path(store, p) if isinstance(p, str) else p for p in frame[column]]})
+    root = _store_root(store)
+    return frame.assign(**{column: [_located(root, p) if isinstance(p, str) else p for p in frame[column]]})
 
 
 # -- prompts ---------------------------------------------------------------------------------
@@ -148,6 +158,18 @@ def write_pairs(store: Store, key: str, paths: pd.DataFrame, pairs: pd.DataFrame
     with store.transaction() as con:
         replace_slice(con, "path_rewards", paths.assign(stage_key=key), {"stage_key": key})
         return replace_slice(con, "preference_pairs", pairs.assign(stage_key=key), {"stage_key": key})
+
+
+def prompt_rounds(store: Store, key: str) -> pd.Series:
+    """prompt id -> round, for the valid prompts of a sampling stage."""
+    frame = store.df("SELECT prompt_id, round FROM prompts WHERE stage_key = ? AND status = 'ok'", [key])
+    return frame.set_index("prompt_id")["round"]
+
+
+def read_pair_texts(store: Store, pairs_key: str) -> pd.DataFrame:
+    """prompt_id, round, chosen, rejected of a pairs stage (no images, no join)."""
+    return store.df("SELECT prompt_id, round, chosen, rejected FROM preference_pairs WHERE stage_key = ? "
+                    "ORDER BY prompt_id", [pairs_key])
 
 
 def read_pairs(store: Store, pairs_key: str) -> pd.DataFrame:

@@ -101,7 +101,7 @@ class Store:
     def arrow(self, sql: str, params: list | tuple | None = None):
         """The result as a pyarrow Table (list columns stay flat arrays, cheap to turn into numpy)."""
         with self.session() as con:
-            return con.execute(sql, params or []).to_arrow_table()
+            return con.sql(sql, params=params or None).to_arrow_table()
 
     def scalar(self, sql: str, params: list | tuple | None = None):
         rows = self.rows(sql, params)

@@ -17,9 +17,9 @@ from csr_core.metrics import preference_accuracy
 from csr_core.rescore import PathTable, select_pairs, weigh_all
 from csr_core.reward import PathParts, PreferencePair, RewardConfig, ScoredNode, path_parts
 from storage.artifacts import (
-    read_pairs,
+    prompt_rounds,
+    read_pair_texts,
     read_path_parts,
-    read_prompts,
     read_scored_tree,
     replace_stage_rows,
     write_path_parts,
@@ -64,10 +64,10 @@ def calibrate_select(db: str, reward: RewardConfig, tree_key: str, relevance_key
 
     def work(key: str) -> None:
         parts_key = score_path_parts.fn(db, reward, tree_key, relevance_key)
-        prompt_ids, path_index, table = path_table(read_path_parts(store, parts_key))
+        prompt_ids, path_index, table = stored_path_table(store, parts_key)
         rewards = weigh_all(table, reward)
         pairs = select_pairs(table, rewards, reward)
-        rounds = read_prompts(store, prompts_key).set_index("prompt_id")["round"]
+        rounds = prompt_rounds(store, prompts_key)
         pair_prompts = prompt_ids[pairs.chosen]
         n_prompts = len(np.unique(prompt_ids))
         if len(pairs.group) < n_prompts:
@@ -82,6 +82,17 @@ def calibrate_select(db: str, reward: RewardConfig, tree_key: str, relevance_key
             "rejected_index": path_index[pairs.rejected]}))
 
     return run_whole_stage(store, spec, work)
+
+
+_TABLES: dict[tuple[str, str], tuple] = {}  # a complete stage's parts never change: a λ curve reads them once
+
+
+def stored_path_table(store, parts_key: str) -> tuple[np.ndarray, np.ndarray, PathTable]:
+    key = (str(Path(store.path).resolve()), parts_key)
+    if key not in _TABLES:
+        _TABLES.clear()
+        _TABLES[key] = path_table(read_path_parts(store, parts_key))
+    return _TABLES[key]
 
 
 def path_table(parts) -> tuple[np.ndarray, np.ndarray, PathTable]:
@@ -121,7 +132,7 @@ def pair_accuracy(db: str, pairs_key: str, pool_file: str, vocab_path: str) -> s
     spec = StageSpec("pair_accuracy", {"pool": file_sha256(pool_file)[:16]}, {"pairs": pairs_key})
 
     def work(key: str) -> None:
-        pairs = read_pairs(store, pairs_key)
+        pairs = read_pair_texts(store, pairs_key)
         pairs = pairs[pairs["prompt_id"].isin(truth.keys())]
         result = preference_accuracy(pairs["chosen"].tolist(), pairs["rejected"].tolist(),
                                      [truth[p] for p in pairs["prompt_id"]], load_vocab(vocab_path))

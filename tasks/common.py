@@ -5,6 +5,7 @@ import dataclasses
 import functools
 import hashlib
 import logging
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +50,12 @@ log = logging.getLogger("csr")
 
 
 def logger():
-    """Prefect's run logger inside a run, the module logger outside one (plain function calls)."""
+    """Prefect's run logger inside a run, the module logger outside one (plain function calls).
+
+    A process that never imported Prefect is in no run, and importing it just to find out costs a second.
+    """
+    if "prefect" not in sys.modules:
+        return log
     try:
         from prefect.logging import get_run_logger
 

@@ -225,22 +225,30 @@ def test_a_moved_project_gets_cache_hits(tiny_world, tmp_path, monkeypatch):
     assert counter.calls == {"vlm": 0, "clip": 0}
 
 
-def test_an_unreadable_eval_image_is_recorded_and_the_evaluation_goes_on(tiny_run, tmp_path):
+def _world_rows_with_own_images(tiny_run, tmp_path, name: str, n: int) -> tuple[list[dict], Path, Path]:
+    """The first `n` rows of the world's `name` (pool.json, eval.json) in a file of their own, with copies of
+    their images in a folder of their own: (rows, the file, the image folder)."""
     import json
 
+    world = tiny_run["data_dir"] / "world"
+    rows = json.loads((world / name).read_text())[:n]
+    images = tmp_path / "images"
+    images.mkdir()
+    for row in rows:
+        shutil.copy(world / "images" / row["image"], images / Path(row["image"]).name)
+        row["image"] = Path(row["image"]).name
+    path = tmp_path / name
+    path.write_text(json.dumps(rows))
+    return rows, path, images
+
+
+def test_an_unreadable_eval_image_is_recorded_and_the_evaluation_goes_on(tiny_run, tmp_path):
     from flows.stages import evaluate_flow
     from storage.store import query_rows
 
     world = tiny_run["data_dir"] / "world"
-    items = json.loads((world / "eval.json").read_text())[:3]
-    images = tmp_path / "images"
-    images.mkdir()
-    for item in items:
-        shutil.copy(world / "images" / item["image"], images / Path(item["image"]).name)
-        item["image"] = Path(item["image"]).name
+    items, source, images = _world_rows_with_own_images(tiny_run, tmp_path, "eval.json", 3)
     (images / items[1]["image"]).write_bytes(b"\x89PNG\r\n\x1a\nnot an image")
-    source = tmp_path / "eval.json"
-    source.write_text(json.dumps(items))
     evaluate_flow(config_files=[TINY], overrides=[*tiny_run["overrides"], f"eval.source={source}",
                                                   f"eval.image_dir={images}", f"eval.vocab={world / 'vocab.json'}"])
     close_all()
@@ -254,20 +262,10 @@ def test_an_unreadable_eval_image_is_recorded_and_the_evaluation_goes_on(tiny_ru
 
 
 def test_retry_failed_runs_the_failed_items_of_a_complete_stage_again(tiny_run, tmp_path):
-    import json
-
     from flows.stages import generate_flow, sample_prompts_flow
     from storage.store import query_rows
 
-    world = tiny_run["data_dir"] / "world"
-    pool = json.loads((world / "pool.json").read_text())[:3]
-    images = tmp_path / "images"
-    images.mkdir()
-    for row in pool:
-        shutil.copy(world / "images" / row["image"], images / Path(row["image"]).name)
-        row["image"] = Path(row["image"]).name
-    path = tmp_path / "pool.json"
-    path.write_text(json.dumps(pool))
+    pool, path, images = _world_rows_with_own_images(tiny_run, tmp_path, "pool.json", 3)
     overrides = [*tiny_run["overrides"], f"prompts.source={path}", f"prompts.image_dir={images}",
                  "prompts.n_per_round=3"]
 

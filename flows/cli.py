@@ -232,10 +232,10 @@ def cmd_world_build(args) -> int:
 def cmd_rescore(args) -> int:
     lams = args.lam or []
     cfg = _validated(args, **{"reward.lam": lams[0] if len(lams) == 1 else None, "reward.mode": args.mode})
+    from flows.config import check_lams
     from flows.server import configured_api_url
 
-    for lam in lams:
-        _reward_lam(cfg, lam)
+    check_lams(cfg, lams)
     if configured_api_url():  # runs are recorded in Prefect
         from flows.rescore import rescore
 
@@ -251,18 +251,6 @@ def cmd_rescore(args) -> int:
         return _print_curve(cfg.db, results, args.out)
     print(json.dumps(results, indent=2))
     return 0
-
-
-def _reward_lam(cfg, lam: float) -> None:
-    """λ must be a valid reward.lam (one line, exit 2, before any work)."""
-    import dataclasses
-
-    from csr_core.validation import ConfigError
-
-    try:
-        dataclasses.replace(cfg.reward, lam=lam)
-    except ConfigError as exc:
-        raise exc.within("reward") from None
 
 
 def _print_curve(db: str, results: list[dict], out: str) -> int:

@@ -80,6 +80,15 @@ def given_or_loaded(config: RunConfig | None, files: list[str] | None, overrides
     return config if config is not None else load_config(files or [], overrides or [])
 
 
+def check_lams(cfg: RunConfig, lams) -> None:
+    """Each λ a valid `reward.lam` (`reward.lam: why`), before any work."""
+    for lam in lams:
+        try:
+            dataclasses.replace(cfg.reward, lam=float(lam))
+        except ConfigError as exc:
+            raise exc.within("reward") from None
+
+
 def build_config(raw: dict[str, Any]) -> RunConfig:
     unknown = set(raw) - set(SECTIONS) - set(TOP_LEVEL)
     if unknown:

@@ -14,8 +14,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from csr_core.controls import CONTROLS
-from csr_core.validation import ConfigError
-from flows.config import RunConfig, given_or_loaded
+from flows.config import RunConfig, check_lams, given_or_loaded
 from flows.inputs import Inputs
 from flows.pipeline import Policy, candidates, evaluate_policy, policy_for_round, policy_of, prepare
 from report.data import load_report_data, paired_differences, sweep_deltas, sweep_summary
@@ -35,11 +34,7 @@ def seeded(cfg: RunConfig, seed: int) -> RunConfig:
 
 def check_arms(cfg: RunConfig, lams: list[float], controls: list[str], seeds: list[int], round_: int) -> None:
     """Fail before any work on a bad λ, control, seed list or round."""
-    for lam in lams:
-        try:
-            dataclasses.replace(cfg.reward, lam=float(lam))  # RewardConfig validates λ
-        except ConfigError as exc:
-            raise exc.within("reward") from None
+    check_lams(cfg, lams)
     unknown = [c for c in controls if c not in CONTROLS]
     if unknown:
         raise ValueError(f"controls: unknown {unknown} (known: {', '.join(CONTROLS)})")

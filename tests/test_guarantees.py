@@ -285,3 +285,14 @@ def test_retry_failed_runs_the_failed_items_of_a_complete_stage_again(tiny_run, 
     assert generate()[str(pool[2]["id"])] == "failed"  # a complete stage is a cache hit
     assert set(generate("runtime.retry_failed=true").values()) == {"done"}
     assert query_rows(tiny_run["db"], "SELECT count(DISTINCT prompt_id) FROM tree_nodes")[0][0] == 3
+
+
+def test_a_prompt_file_that_is_not_json_stops_the_run_before_any_work(tmp_path, capsys):
+    db = tmp_path / "never.duckdb"
+    pool = tmp_path / "pool.json"
+    pool.write_text('[{"id": "a", "image": "a.png", "input": "Describe."},\n {"id": "b" "image"}]')
+    assert csr(["run", "--db", str(db), "--set", f"prompts.source={pool}", "--set",
+                f"prompts.image_dir={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert f"prompts.source: {pool}: not JSON" in err and "line 2" in err and len(err.strip().splitlines()) == 1
+    assert not db.exists()

@@ -1,7 +1,8 @@
 """Token-level diverse (group) beam search over a step function, for many independent searches at once.
 
 The search follows transformers' beam search (v5 `_beam_search`, which `generate(num_beams=k)` runs) and, with
-`num_beam_groups > 1`, the group beam search of transformers 4.x (Vijayakumar et al. 2016):
+`num_beam_groups > 1`, the group beam search of transformers 4.46.3 (Vijayakumar et al. 2016), checked on golden
+files recorded with it (`tests/test_beam_golden.py`):
 
 - beams are split into `num_beam_groups` groups of `num_beams // num_beam_groups`; each group starts from the
   prompt alone (only its first beam has score 0, the others -1e9);
@@ -11,9 +12,12 @@ The search follows transformers' beam search (v5 `_beam_search`, which `generate
   `group_size` that hit a stop token or the token budget become finished hypotheses with score
   `penalized_logprob_sum / generated_len ** length_penalty` (generated_len counts the stop token), which is
   what transformers returns as `sequences_scores`; the best `group_size` non-finished ones run on;
-- a group stops taking hypotheses once it holds `group_size` of them and its best running beam cannot beat
-  the worst (transformers' `early_stopping=False` heuristic); a search ends when all its groups stop or at
-  its token budget.
+- a group stops taking hypotheses once it holds `group_size` of them and its best candidate cannot beat the
+  worst (transformers' `early_stopping=False` heuristic): with one group, its best running beam (transformers
+  5); with several (`group_rules="transformers4"`), its best top-K candidate, a just-finished one included, and
+  from then on the group emits the pad token, which later groups' diversity penalty counts (4.46.3's
+  `BeamSearchScorer`). `group_rules="csr"` keeps csr's earlier rule for groups: the best running beam, and a
+  finished group keeps expanding it. A search ends when all its groups stop or at its token budget.
 
 The model is hidden behind `step_fn(parent_rows, tokens) -> logits`: row i of the next forward continues row
 `parent_rows[i]` of the previous forward (of `first_logits` for the first call) with token `tokens[i]`.
@@ -73,13 +77,17 @@ def diverse_beam_search(
     eos_ids: Sequence[int],
     max_new_tokens: Sequence[int],
     suppress_ids: Sequence[int] = (),
+    pad_id: int | None = None,
 ) -> list[list[Candidate]]:
     """Run one search per row of `first_logits` ([P, vocab], the next-token logits of each context).
 
     `stop_ids` end a sentence ("delimiter"), `eos_ids` end the response ("eos"); `max_new_tokens[p]` is search
     p's token budget ("length"); `suppress_ids` get log-prob -inf (after the softmax, like transformers'
-    `suppress_tokens`). Returns, per search, its `num_beams` candidates sorted by score, best first.
+    `suppress_tokens`). `pad_id` is what a finished group emits under `params.group_rules="transformers4"`
+    (the tokenizer's pad token; None: it emits nothing that counts). Returns, per search, its `num_beams`
+    candidates sorted by score, best first.
     """
+    v4_groups = params.group_rules == "transformers4" and params.num_beam_groups > 1
     num_searches, vocab = first_logits.shape
     if len(max_new_tokens) != num_searches:
         raise ValueError(f"max_new_tokens has {len(max_new_tokens)} entries for {num_searches} searches")
@@ -105,12 +113,13 @@ def diverse_beam_search(
         if suppress is not None:
             log_probs[..., suppress] = float("-inf")
         at_limit = budget[active] <= step
-        parent, tokens = _advance_groups(
+        parent, tokens, best_total = _advance_groups(
             log_probs, state, params, stop_tensor, at_limit, top_k,
             on_finish=lambda p, g, hyp, live=active: _add_to_pool(pools[int(live[p])][g], hyp, size),
-            may_finish=still_improving[active], eos_set=eos_set,
+            may_finish=still_improving[active], eos_set=eos_set, pad_id=pad_id if v4_groups else "running",
         )
-        still_improving[active] &= _can_improve(state, pools, active, step, params.length_penalty)
+        best = best_total if v4_groups else state.scores[:, :, 0]
+        still_improving[active] &= _can_improve(best, pools, active, step, params.length_penalty, size)
         done = at_limit | ~still_improving[active].any(dim=1)
         if bool(done.all()):
             break
@@ -122,8 +131,14 @@ def diverse_beam_search(
     return [_sorted_candidates(search_pools) for search_pools in pools]
 
 
-def _advance_groups(log_probs, state, params, stop_tensor, at_limit, top_k, *, on_finish, may_finish, eos_set):
-    """One step for every group of every live search; updates `state` and returns (parent beam, token)."""
+def _advance_groups(log_probs, state, params, stop_tensor, at_limit, top_k, *, on_finish, may_finish, eos_set,
+                    pad_id):
+    """One step for every group of every live search; updates `state` and returns (parent beam, token, each
+    group's best top-K total).
+
+    What a finished group adds to later groups' penalty: its running tokens (`pad_id="running"`), the pad
+    token (an int), or nothing (None).
+    """
     stop_set = set(stop_tensor.tolist())
     num_live, groups, size, vocab = log_probs.shape
     picked = torch.zeros(num_live, vocab, device=log_probs.device)
@@ -131,10 +146,12 @@ def _advance_groups(log_probs, state, params, stop_tensor, at_limit, top_k, *, o
     new_raw = torch.empty_like(state.raw)
     parent = torch.empty(state.scores.shape, dtype=torch.long, device=log_probs.device)
     tokens = torch.empty_like(parent)
+    best_total = torch.empty(num_live, groups, device=log_probs.device)
     for g in range(groups):
         penalized = log_probs[:, g] - params.diversity_penalty * picked[:, None, :]
         totals = (penalized + state.scores[:, g, :, None]).view(num_live, size * vocab)
         top_scores, top_index = torch.topk(totals, top_k, dim=1)
+        best_total[:, g] = top_scores[:, 0]
         beam, token = top_index // vocab, top_index % vocab
         raw = state.raw[:, g].gather(1, beam) + log_probs[:, g].reshape(num_live, -1).gather(1, top_index)
         stops = torch.isin(token, stop_tensor)
@@ -150,11 +167,19 @@ def _advance_groups(log_probs, state, params, stop_tensor, at_limit, top_k, *, o
         for p, j in finished.nonzero().tolist():
             hyp = _finished_hypothesis(state, p, g, beam, token, top_scores, raw, j, params, eos_set, stop_set)
             on_finish(p, g, hyp)
-        picked.scatter_add_(1, tokens[:, g], torch.ones_like(tokens[:, g], dtype=picked.dtype))
+        counted = tokens[:, g]
+        ones = torch.ones_like(counted, dtype=picked.dtype)
+        if pad_id != "running":
+            finished_group = ~may_finish[:, g]
+            if pad_id is None:
+                ones = ones * (~finished_group)[:, None]
+            else:
+                counted = torch.where(finished_group[:, None], torch.full_like(counted, int(pad_id)), counted)
+        picked.scatter_add_(1, counted, ones)
     history = state.tokens.gather(2, parent[..., None].expand(-1, -1, -1, state.tokens.shape[-1]))
     state.tokens = torch.cat([history, tokens[..., None]], dim=-1)
     state.scores, state.raw = new_scores, new_raw
-    return parent, tokens
+    return parent, tokens, best_total
 
 
 def _finished_hypothesis(state, p, g, beam, token, top_scores, raw, j, params, eos_set, stop_set) -> _Hypothesis:
@@ -165,11 +190,10 @@ def _finished_hypothesis(state, p, g, beam, token, top_scores, raw, j, params, e
     return _Hypothesis(score, float(raw[p, j]), token_ids, reason)
 
 
-def _can_improve(state, pools, active, length, length_penalty) -> torch.Tensor:
-    """transformers' early_stopping=False heuristic, per (live search, group)."""
-    best_running = state.scores[:, :, 0] / length**length_penalty
+def _can_improve(best, pools, active, length, length_penalty, size) -> torch.Tensor:
+    """transformers' early_stopping=False heuristic, per (live search, group), from each group's best total."""
+    best_running = best / length**length_penalty
     result = torch.ones_like(best_running, dtype=torch.bool)
-    size = state.scores.shape[2]
     for p, search in enumerate(active.tolist()):
         for g, pool in enumerate(pools[search]):
             if len(pool) == size:

@@ -38,6 +38,7 @@ class SearchConfig:  # defaults = the paper's code
     keep_bottom: int = 2
     prune_min_open: int = 5  # top/bottom pruning applies from this many open children (the paper's 5 beams)
     delimiters: str = "suffix"  # "suffix": every token ending in "."; "period": the "." token only (the paper)
+    group_rules: str = "transformers4"  # how beam groups finish: as transformers 4.46.3 (the paper's) or "csr"
     max_depth: int = 12  # sentences
     max_response_tokens: int = 400
     length_penalty: float = 1.0
@@ -59,7 +60,8 @@ class SearchConfig:  # defaults = the paper's code
 
     @property
     def beam_params(self) -> BeamParams:
-        return BeamParams(self.num_token_beams, self.num_beam_groups, self.diversity_penalty, self.length_penalty)
+        return BeamParams(self.num_token_beams, self.num_beam_groups, self.diversity_penalty, self.length_penalty,
+                          self.group_rules)
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,6 @@
 
 `tests/fixtures/make_beam_golden.py` recorded them (CI does not install 4.46.3): 60 searches of three tiny
 random Llamas, 1/5/10 beams, 1/5 groups, diversity 0/3, with stop tokens that never fire or fire early.
-Cases csr still decides differently are listed in KNOWN_DIFFERENCES, marked strict xfail: they fail today
-for the reasons README's "Deviations" gives, and turn red the day csr matches, so the list stays true.
 """
 from __future__ import annotations
 
@@ -30,7 +28,7 @@ def _model(name: str):
     return _MODELS[name]
 
 
-def csr_search(case: dict):
+def csr_search(case: dict, group_rules: str = "transformers4"):
     model = _model(case["model"])
     rows = [list(case["prompt"])]
 
@@ -42,18 +40,21 @@ def csr_search(case: dict):
         rows[:] = [rows[p] + [t] for p, t in zip(parent_rows.tolist(), tokens.tolist())]
         return logits(rows)
 
-    params = BeamParams(case["beams"], case["groups"], case["diversity"])
+    params = BeamParams(case["beams"], case["groups"], case["diversity"], group_rules=group_rules)
     return diverse_beam_search(logits(rows), step, params, stop_ids=case["stop_ids"], eos_ids=[],
-                               max_new_tokens=[case["max_new_tokens"]])[0]
+                               max_new_tokens=[case["max_new_tokens"]], pad_id=DATA["pad"])[0]
 
 
-def matches(case: dict) -> bool:
-    ours = csr_search(case)
+def matches(case: dict, group_rules: str = "transformers4") -> bool:
+    ours = csr_search(case, group_rules)
     if len(ours) != len(case["sequences"]):
         return False
     for i, (cand, seq) in enumerate(zip(ours, case["sequences"])):
-        padded = seq[len(cand.token_ids):]
-        if list(cand.token_ids) != seq[: len(cand.token_ids)] or any(t != DATA["pad"] for t in padded):
+        tokens = list(cand.token_ids)
+        if cand.finish_reason != "length":  # 4.46.3 writes eos_token_id[0] after a finished hypothesis, whichever
+            tokens[-1] = case["stop_ids"][0]  # stop ended it (BeamSearchScorer.finalize)
+        padded = seq[len(tokens):]
+        if tokens != seq[: len(tokens)] or any(t != DATA["pad"] for t in padded):
             return False
         if case["scores"][0] is not None and abs(cand.score - case["scores"][i]) > 1e-4:
             return False
@@ -65,24 +66,16 @@ def _case_id(case: dict) -> str:
     return f"{case['model']}-p{case['prompt'][1]}-b{case['beams']}g{case['groups']}-{stops}"
 
 
-# Where csr decides otherwise today (11 of 60). Groups of 5: a finished group keeps expanding in csr and still
-# counts in later groups' penalty, where 4.46.3 pads it. One group: 4.46.3 stops a group from its best
-# top-K candidate, a just-finished stop included, where csr (as transformers 5) looks at its best running beam;
-# llama_2-p47-b5g1 differs only in which of two stop tokens of equal score ends the best beam, which may be
-# the two versions' forwards rounding a near-tie differently (not yet examined).
-KNOWN_DIFFERENCES = {
-    "llama_0-p43-b5g5-early", "llama_0-p43-b10g1-early", "llama_0-p43-b10g5-early", "llama_1-p47-b10g5-early",
-    "llama_1-p43-b10g5-early", "llama_2-p47-b5g1-early", "llama_2-p47-b5g5-early", "llama_2-p47-b10g1-early",
-    "llama_2-p43-b5g5-early", "llama_2-p43-b10g1-early", "llama_2-p43-b10g5-early",
-}
-
-
 @pytest.mark.parametrize("case", CASES, ids=[_case_id(c) for c in CASES])
-def test_beam_search_equals_transformers_4_46(case, request):
-    if _case_id(case) in KNOWN_DIFFERENCES:
-        request.applymarker(pytest.mark.xfail(strict=True, reason="csr's finished-group and early-stop rules "
-                                                                   "differ from 4.46.3 (README, Deviations)"))
+def test_beam_search_equals_transformers_4_46(case):
     assert matches(case)
+
+
+def test_csrs_earlier_group_rules_differ_where_a_group_finishes_early():
+    """`group_rules="csr"` (the world preset) is not 4.46.3's: it differs on searches whose groups finish."""
+    grouped = [c for c in CASES if c["groups"] > 1]
+    differing = [_case_id(c) for c in grouped if not matches(c, "csr")]
+    assert differing and all(case_id.endswith("-early") for case_id in differing)
 
 
 def test_the_golden_files_are_what_they_say():

@@ -142,7 +142,7 @@ class LlavaAdapter:
         return diverse_beam_search(
             first_logits, batch.step, params,
             stop_ids=sorted(self.delimiter_ids), eos_ids=sorted(self.eos_ids), max_new_tokens=max_new_tokens,
-            suppress_ids=sorted(self.suppress_ids),
+            suppress_ids=sorted(self.suppress_ids), pad_id=self.tokenizer.pad_token_id,
         )
 
     # --- evaluation ---------------------------------------------------------------------------------------

@@ -39,6 +39,10 @@ class SearchConfig:  # defaults = the paper's code
     prune_min_open: int = 5  # top/bottom pruning applies from this many open children (the paper's 5 beams)
     delimiters: str = "suffix"  # "suffix": every token ending in "."; "period": the "." token only (the paper)
     group_rules: str = "transformers4"  # how beam groups finish: as transformers 4.46.3 (the paper's) or "csr"
+    # True: EOS ends the response, and a sentence cut by max_new_tokens ends it too. False, the paper's code:
+    # EOS is an ordinary token within a sentence (generation runs on to the next delimiter), a node is final
+    # when EOS appears in it, and a cut sentence is extended like any other.
+    stop_at_eos: bool = True
     max_depth: int = 12  # sentences
     max_response_tokens: int = 400
     length_penalty: float = 1.0
@@ -170,11 +174,11 @@ def _expand(vlm, prefixes, live: list[_Live], cfg: SearchConfig, depth: int) -> 
 
 def _child(vlm, parent: _Live, cand: Candidate, cfg: SearchConfig, depth: int) -> _Live:
     response = parent.response + cand.token_ids
-    is_final = (
-        cand.finish_reason in ("eos", "length")
-        or depth >= cfg.max_depth
-        or len(response) >= cfg.max_response_tokens
-    )
+    if cfg.stop_at_eos:
+        ends_response = cand.finish_reason in ("eos", "length")
+    else:
+        ends_response = any(t in vlm.eos_ids for t in cand.token_ids)
+    is_final = ends_response or depth >= cfg.max_depth or len(response) >= cfg.max_response_tokens
     node = TreeNode(
         node_id=-1, parent_id=parent.node.node_id, depth=depth, text=vlm.decode(cand.token_ids),
         token_ids=cand.token_ids, token_count=len(cand.token_ids), logprob_sum=cand.logprob_sum,

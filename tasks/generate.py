@@ -39,7 +39,7 @@ def generate_candidates(db: str, search: SearchConfig, reward: RewardConfig, mod
     loaded: dict = {}
 
     def setup() -> None:
-        loaded["vlm"] = load_vlm(model_dir, model_cfg, runtime, search.delimiters)
+        loaded["vlm"] = load_vlm(model_dir, model_cfg, runtime, search.delimiters, search.stop_at_eos)
         if search.prune_by == "calibrated":
             loaded["clip"] = load_relevance(relevance_dir, runtime)
 

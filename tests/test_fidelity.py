@@ -110,3 +110,48 @@ def test_dedupe_off_reproduces_the_papers_identical_text_pairs():
     single = tree[:3]
     pair = select_pair(score_paths(single, off), off)
     assert pair.chosen is pair.rejected  # one path: the paper's code pairs it with itself
+
+
+class EosInsideVLM(OpenChildrenVLM):
+    """The root gets a sentence that runs past EOS (9) and one cut at the token budget; deeper nodes stop."""
+
+    eos_ids = frozenset({9})
+
+    def search_sentences(self, prefixes, responses, max_new_tokens, params):
+        if responses[0]:
+            return [[Candidate((101,), -1.0, -1.0, "delimiter")] for _ in responses]
+        return [[Candidate((9, 100), -1.0, -1.0, "delimiter"), Candidate((100, 100), -2.0, -2.0, "length")]]
+
+
+def test_without_stop_at_eos_a_node_is_final_when_eos_is_in_it_and_a_cut_sentence_goes_on():
+    prompt = PromptInput("p", Image.new("RGB", (8, 8)), "describe")
+    nodes = build_trees(EosInsideVLM(0), [prompt], SearchConfig(max_depth=3, stop_at_eos=False))["p"]
+    first = [n for n in nodes if n.depth == 1]
+    assert [n.is_final for n in first] == [True, False]  # sample.py: final iff </s> is among its tokens
+    assert [n.parent_id for n in nodes if n.depth == 2] == [first[1].node_id]
+    nodes = build_trees(EosInsideVLM(0), [prompt], SearchConfig(max_depth=3))["p"]
+    assert [n.is_final for n in nodes if n.depth == 1] == [False, True]  # csr: the budget ends the response
+
+
+def test_the_adapter_searches_past_eos_when_asked(tmp_path):
+    from csr_core.adapters.vlm import LlavaAdapter
+    from csr_core.beams import BeamParams
+    from csr_testing.tiny_models import make_tiny_llava
+
+    path = make_tiny_llava(tmp_path)
+    found = {}
+    for stop_at_eos in (True, False):
+        vlm = LlavaAdapter.from_pretrained(path, stop_at_eos=stop_at_eos)
+        (eos,) = vlm.eos_ids
+
+        def favour_eos(module, inputs, output, eos=eos):  # make EOS the likeliest next token
+            output[..., eos] += 20.0
+            return output
+
+        vlm.model.lm_head.register_forward_hook(favour_eos)
+        prefix = vlm.encode_prefix(Image.new("RGB", (20, 16)), "<image>\ndescribe")
+        found[stop_at_eos] = (eos, vlm.search_sentences([prefix], [()], [6], BeamParams(4, 2, 3.0))[0])
+    eos, stopped = found[True]
+    assert stopped[0].finish_reason == "eos" and stopped[0].token_ids == (eos,)
+    eos, past = found[False]
+    assert all(c.finish_reason != "eos" for c in past) and any(eos in c.token_ids[:-1] for c in past)

@@ -65,7 +65,8 @@ class LlavaAdapter:
     """`delimiters`: "suffix" ends a sentence at every vocabulary token whose text ends in "." (" .", ")." ...);
     "period" only at the tokenizer's "." token, as the paper's code does (its `--period_id 29889`)."""
 
-    def __init__(self, model, processor, *, device: str = "cpu", delimiters: str = "suffix"):
+    def __init__(self, model, processor, *, device: str = "cpu", delimiters: str = "suffix",
+                 stop_at_eos: bool = True):
         self.model = model.eval()
         self.processor = processor
         self.tokenizer = processor.tokenizer
@@ -73,18 +74,19 @@ class LlavaAdapter:
         self.eos_ids = frozenset(_eos_ids(model, self.tokenizer))
         ids = delimiter_token_ids(self.tokenizer) if delimiters == "suffix" else [period_token_id(self.tokenizer)]
         self.delimiter_ids = frozenset(ids) - self.eos_ids
+        self.stop_at_eos = stop_at_eos  # False: EOS does not stop the search (the paper's code; see SearchConfig)
         # never generated during the search: an image placeholder in a response would break re-encoding
         self.suppress_ids = frozenset(_suppressed_ids(model, self.tokenizer))
 
     @classmethod
     def from_pretrained(cls, model_dir, *, device="cpu", dtype=None, trust_remote_code=False,
-                        delimiters: str = "suffix") -> LlavaAdapter:
+                        delimiters: str = "suffix", stop_at_eos: bool = True) -> LlavaAdapter:
         from transformers import AutoProcessor
 
         model_dir = str(Path(model_dir))
         processor = AutoProcessor.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
         model = load_vlm_weights(model_dir, dtype=_resolve_dtype(dtype), trust_remote_code=trust_remote_code)
-        return cls(model.to(device), processor, device=device, delimiters=delimiters)
+        return cls(model.to(device), processor, device=device, delimiters=delimiters, stop_at_eos=stop_at_eos)
 
     # --- prompts -------------------------------------------------------------------------------------------
     def format_prompt(self, instruction: str) -> str:
@@ -141,7 +143,8 @@ class LlavaAdapter:
         first_logits = batch.prefill()
         return diverse_beam_search(
             first_logits, batch.step, params,
-            stop_ids=sorted(self.delimiter_ids), eos_ids=sorted(self.eos_ids), max_new_tokens=max_new_tokens,
+            stop_ids=sorted(self.delimiter_ids), eos_ids=sorted(self.eos_ids) if self.stop_at_eos else [],
+            max_new_tokens=max_new_tokens,
             suppress_ids=sorted(self.suppress_ids), pad_id=self.tokenizer.pad_token_id,
         )
 

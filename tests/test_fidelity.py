@@ -155,3 +155,13 @@ def test_the_adapter_searches_past_eos_when_asked(tmp_path):
     assert stopped[0].finish_reason == "eos" and stopped[0].token_ids == (eos,)
     eos, past = found[False]
     assert all(c.finish_reason != "eos" for c in past) and any(eos in c.token_ids[:-1] for c in past)
+
+
+def test_relaxed_filters_keep_what_the_papers_code_keeps():
+    """The paper drops only sentences under 4 characters; csr also drops word repeats and non-text runs."""
+    from csr_core.reward import filter_reason
+
+    paper = RewardConfig(max_word_repeat=10_000, min_alpha_ratio=0.0)
+    for text in ("a a a a mug.", "=== *** ==="):
+        assert filter_reason(text, RewardConfig()) is not None and filter_reason(text, paper) is None
+    assert filter_reason("ok.", paper) == "too_short"  # under 4 characters, as dfs_score's child_len >= 4

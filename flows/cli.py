@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"database: {_first_line(exc)}")
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
-            return _fail(f"disk full: {exc}; free space and rerun the same command to resume")
+            return _fail(exc)  # "No space left on device": _fail says it as "disk full"
         raise
     except (KeyboardInterrupt, Terminated) as exc:
         how = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"

@@ -2,9 +2,9 @@
 
 The arithmetic and the tie order are those of `reward.weigh` and `reward.select_pair`, operation for
 operation: the weighted parts are summed sentence by sentence from the first (a padded position adds an
-exact 0.0), divided once, and self plus relevance gives the reward; the chosen path is the first best of its
-prompt, the rejected the last worst other than it. So the pairs are the per-prompt Python path's exactly,
-ties included; a test checks it on the world's trees.
+exact 0.0) and divided once, the reward being the mixed sum in rank mode and self plus relevance in value
+mode; the chosen path is the first best of its prompt, the rejected the last worst. So the pairs are the
+per-prompt Python path's exactly, ties included; `tests/test_rescore.py` checks it.
 """
 from __future__ import annotations
 

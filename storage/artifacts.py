@@ -51,10 +51,7 @@ def rows_for(store: Store, table: str, key: str, order_by: str = "") -> pd.DataF
 # A file inside the store's folder (the world's images, trained models) is stored relative to that folder,
 # so a project moved or copied with its DuckDB file keeps working; files elsewhere keep their absolute path.
 def portable_path(store: Store, path: str) -> str:
-    if not path:
-        return path
-    root, absolute = Path(store.path).resolve().parent, Path(path).resolve()
-    return str(absolute.relative_to(root)) if absolute.is_relative_to(root) else str(absolute)
+    return _portable(Path(_store_root(store)), path)
 
 
 def located_path(store: Store, path: str | None) -> str | None:
@@ -63,6 +60,13 @@ def located_path(store: Store, path: str | None) -> str | None:
 
 def _store_root(store: Store) -> str:
     return str(Path(store.path).resolve().parent)
+
+
+def _portable(root: Path, path: str) -> str:
+    if not path:
+        return path
+    absolute = Path(path).resolve()
+    return str(absolute.relative_to(root)) if absolute.is_relative_to(root) else str(absolute)
 
 
 def _located(root: str, path: str | None) -> str | None:
@@ -74,7 +78,8 @@ def _located(root: str, path: str | None) -> str | None:
 def _portable_column(store: Store, frame: pd.DataFrame, column: str) -> pd.DataFrame:
     if column not in frame.columns or frame.empty:
         return frame
-    return frame.assign(**{column: [portable_path(store, p) if isinstance(p, str) else p for p in frame[column]]})
+    root = Path(_store_root(store))
+    return frame.assign(**{column: [_portable(root, p) if isinstance(p, str) else p for p in frame[column]]})
 
 
 def _located_column(store: Store, frame: pd.DataFrame, column: str) -> pd.DataFrame:

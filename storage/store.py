@@ -123,10 +123,6 @@ class Store:
         with self.session() as con:
             con.execute(sql, params or [])
 
-    def checkpoint(self) -> None:
-        """Write the WAL into the database file now (a closing connection does it too)."""
-        self.execute("CHECKPOINT")
-
 
 class WriterLock:
     """`<db>.lock`, held with flock by the one process that writes the store; it says who holds it.

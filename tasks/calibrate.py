@@ -69,7 +69,7 @@ def calibrate_select(db: str, reward: RewardConfig, tree_key: str, relevance_key
         pairs = select_pairs(table, rewards, reward)
         rounds = prompt_rounds(store, prompts_key)
         pair_prompts = prompt_ids[pairs.chosen]
-        n_prompts = len(np.unique(prompt_ids))
+        n_prompts = int(table.group.max()) + 1 if len(table.group) else 0  # groups number the prompts 0..n-1
         if len(pairs.group) < n_prompts:
             logger().info("%d of %d prompts have fewer than two complete paths: no pair", n_prompts - len(pairs.group),
                           n_prompts)

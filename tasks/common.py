@@ -125,9 +125,10 @@ def run_item_stage(
     `setup` (e.g. loading a model) runs only when some item is left to do. Failed items are recorded
     and skipped on resume; `retry_failed` runs them again, in a complete stage too.
     """
-    retry = retry_failed and stages.n_failed_items(store, spec.key) > 0
+    n_failed = stages.n_failed_items(store, spec.key) if retry_failed else 0
+    retry = n_failed > 0
     if retry:
-        logger().info("%s %s: retrying %d failed items", spec.stage, spec.key, stages.n_failed_items(store, spec.key))
+        logger().info("%s %s: retrying %d failed items", spec.stage, spec.key, n_failed)
     elif skip_if_complete(store, spec):
         return spec.key
     stages.begin_stage(store, spec.stage, spec.key, spec.config, spec.upstream, len(items))

@@ -16,8 +16,8 @@ LLAVA_SHAPES = ("llava-1.5-7b",)
 
 
 def llava_15_7b(device: str = "cuda", dtype: torch.dtype = torch.bfloat16, num_layers: int = 32):
-    """A `LlavaAdapter` over a LLaVA-1.5-7B-shaped model; `num_layers` < 32 makes a shallower one for smoke runs."""
-    from csr_core.adapters.vlm import LlavaAdapter
+    """A `VLMAdapter` over a LLaVA-1.5-7B-shaped model; `num_layers` < 32 makes a shallower one for smoke runs."""
+    from csr_core.adapters.vlm import VLMAdapter
     from csr_testing.tiny_models import build_llava
 
     model, processor = build_llava(
@@ -28,7 +28,7 @@ def llava_15_7b(device: str = "cuda", dtype: torch.dtype = torch.bfloat16, num_l
               "rms_norm_eps": 1e-5},
         image_size=336, patch_size=14, device=device, dtype=dtype,
     )
-    return LlavaAdapter(model, processor, device=device)
+    return VLMAdapter(model, processor, device=device)
 
 
 def open_clip_arch(name: str, device: str = "cuda"):

@@ -23,52 +23,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 from shapes import LLAVA_SHAPES, llava_15_7b
 
-from csr_core.adapters.vlm import LlavaAdapter
-from csr_core.beams import Candidate
+from csr_core.adapters.vlm import VLMAdapter
 from csr_core.tree import PromptInput, SearchConfig, build_trees, tree_signature
+from csr_testing.baselines import PerNodeGenerate
 
 DATASET = ROOT.parent / "shared" / "data" / "CSR-Prompt-Dataset-12k.json"
 FALLBACK_INSTRUCTIONS = ["Describe this image in detail.\n<image>", "<image>\nWhat is happening in this picture?"]
-
-
-class PerNodeGenerate:
-    """The baseline: every node re-encodes image + prompt + response and calls `generate` on its own."""
-
-    def __init__(self, vlm: LlavaAdapter):
-        self.vlm = vlm
-        self.stop_ids = sorted(vlm.delimiter_ids | vlm.eos_ids)
-
-    def encode_prefix(self, image, instruction):
-        return image, instruction
-
-    def decode(self, token_ids):
-        return self.vlm.decode(token_ids)
-
-    @torch.inference_mode()
-    def search_sentences(self, prefixes, responses, max_new_tokens, params):
-        out = []
-        for (image, instruction), response, budget in zip(prefixes, responses, max_new_tokens):
-            inputs = self.vlm.model_inputs([image], [instruction])
-            tail = torch.tensor([list(response)], dtype=torch.long, device=inputs["input_ids"].device)
-            inputs["input_ids"] = torch.cat([inputs["input_ids"], tail], dim=1)
-            inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
-            gen = self.vlm.model.generate(
-                **inputs, num_beams=params.num_beams, num_return_sequences=params.num_beams, do_sample=False,
-                max_new_tokens=budget, eos_token_id=self.stop_ids, length_penalty=params.length_penalty,
-                output_scores=True, return_dict_in_generate=True, early_stopping=False,
-                suppress_tokens=sorted(self.vlm.suppress_ids) or None,
-            )
-            start = inputs["input_ids"].shape[1]
-            out.append([self._candidate(seq[start:].tolist(), float(score), budget)
-                        for seq, score in zip(gen.sequences, gen.sequences_scores)])
-        return out
-
-    def _candidate(self, tokens, score, budget):
-        stop = next((i for i, t in enumerate(tokens) if t in self.stop_ids), None)
-        tokens = tokens[: stop + 1] if stop is not None else tokens[:budget]
-        last = tokens[-1]
-        reason = "eos" if last in self.vlm.eos_ids else "delimiter" if last in self.vlm.delimiter_ids else "length"
-        return Candidate(tuple(tokens), score * len(tokens), score, reason)
 
 
 def load_prompts(n: int, seed: int) -> list[PromptInput]:
@@ -119,7 +79,7 @@ def main() -> None:
             from csr_testing.tiny_models import make_tiny_llava
 
             model_dir = make_tiny_llava(Path(tempfile.mkdtemp()) / "tiny-llava", seed=args.seed)
-        vlm = LlavaAdapter.from_pretrained(model_dir, device=args.device, dtype=args.dtype)
+        vlm = VLMAdapter.from_pretrained(model_dir, device=args.device, dtype=args.dtype)
     groups, diversity = (args.num_beams, 3.0) if args.paper_search else (1, 0.0)
     cfg = SearchConfig(
         num_token_beams=args.num_beams, num_beam_groups=groups, diversity_penalty=diversity,

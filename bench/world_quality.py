@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from csr_core.adapters.relevance import OpenClipRelevance
-from csr_core.adapters.vlm import LlavaAdapter
+from csr_core.adapters.vlm import VLMAdapter
 from csr_core.metrics import (
     POPE_SPLITS,
     ObjectVocab,
@@ -101,7 +101,7 @@ def main() -> None:
 
     vlm_dir = world / "models" / "vlm-base"
     if vlm_dir.exists():
-        adapter = LlavaAdapter.from_pretrained(vlm_dir)
+        adapter = VLMAdapter.from_pretrained(vlm_dir)
         greedy = describe(adapter, scenes, images, cfg, do_sample=False)
         sampled = describe(adapter, scenes, images, cfg, do_sample=True, temperature=1.0, seed=cfg.seed)
         report["greedy"] = chair_report(greedy, scenes, vocab)

@@ -115,7 +115,7 @@ def build_trees(
     """Build one sentence tree per prompt. Returns prompt_id -> nodes in creation order (ids unique per prompt).
 
     `vlm` needs `encode_prefix(image, instruction)`, `search_sentences(prefixes, responses, max_new_tokens,
-    params)` and `decode(token_ids)` (see `LlavaAdapter`). `progress(depth_done, max_depth)` after each step.
+    params)` and `decode(token_ids)` (see `VLMAdapter`). `progress(depth_done, max_depth)` after each step.
     """
     if cfg.prune_by == "calibrated" and relevance is None:
         raise ValueError("prune_by='calibrated' needs a relevance callable")

@@ -7,10 +7,10 @@ class LoadCounter:
 
     def __init__(self, monkeypatch):
         from csr_core.adapters.relevance import OpenClipRelevance
-        from csr_core.adapters.vlm import LlavaAdapter
+        from csr_core.adapters.vlm import VLMAdapter
 
         self.calls = {"vlm": 0, "clip": 0}
-        for name, cls in (("vlm", LlavaAdapter), ("clip", OpenClipRelevance)):
+        for name, cls in (("vlm", VLMAdapter), ("clip", OpenClipRelevance)):
             original = cls.from_pretrained.__func__
             monkeypatch.setattr(cls, "from_pretrained", classmethod(self._counting(name, original)))
 

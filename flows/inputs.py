@@ -6,6 +6,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from csr_core.adapters.families import family_for, model_type_of
 from csr_core.config import WORLD
 from csr_core.prompts import parse_pool
 from csr_core.validation import ConfigError
@@ -98,7 +99,8 @@ MAX_SAFETENSORS_HEADER = 100_000_000  # the safetensors library refuses longer h
 
 
 def check_vlm_dir(model_dir: Path, field: str) -> None:
-    """A transformers save_pretrained dir: config.json and complete safetensors weights (one file or shards)."""
+    """A transformers save_pretrained dir of a supported family: config.json and complete safetensors weights
+    (one file or shards)."""
     if not (model_dir / "config.json").is_file():
         raise ConfigError(field, f"no config.json in {model_dir} (a transformers save_pretrained dir is expected)")
     single, index = model_dir / "model.safetensors", model_dir / "model.safetensors.index.json"
@@ -113,6 +115,10 @@ def check_vlm_dir(model_dir: Path, field: str) -> None:
             check_safetensors(shard, field)
     else:
         _refuse_missing_weights(model_dir, field, "model.safetensors or model.safetensors.index.json")
+    try:
+        family_for(model_type_of(model_dir))
+    except ValueError as error:  # unreadable config.json or an unsupported family
+        raise ConfigError(field, f"{model_dir}: {error}") from None
 
 
 def check_open_clip_dir(model_dir: Path, field: str) -> None:

@@ -14,14 +14,14 @@ def resolve_device(device: str) -> str:
 
 def load_vlm(model_dir: str, model_cfg: ModelConfig, runtime: RuntimeConfig, delimiters: str = "suffix",
              stop_at_eos: bool = True):
-    from csr_core.adapters.vlm import LlavaAdapter
+    from csr_core.adapters.vlm import VLMAdapter
 
     if runtime.threads:
         torch.set_num_threads(runtime.threads)
     dtype = getattr(torch, model_cfg.dtype)
-    return LlavaAdapter.from_pretrained(model_dir, device=resolve_device(runtime.device), dtype=dtype,
-                                        trust_remote_code=model_cfg.trust_remote_code, delimiters=delimiters,
-                                        stop_at_eos=stop_at_eos)
+    return VLMAdapter.from_pretrained(model_dir, device=resolve_device(runtime.device), dtype=dtype,
+                                      trust_remote_code=model_cfg.trust_remote_code, delimiters=delimiters,
+                                      stop_at_eos=stop_at_eos)
 
 
 def load_relevance(model_dir: str, runtime: RuntimeConfig):

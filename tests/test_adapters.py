@@ -4,14 +4,14 @@ import torch
 from PIL import Image
 
 from csr_core.adapters.relevance import OpenClipRelevance
-from csr_core.adapters.vlm import LlavaAdapter, delimiter_token_ids
+from csr_core.adapters.vlm import VLMAdapter, delimiter_token_ids
 from csr_testing.tiny_models import make_tiny_clip, make_tiny_llava
 
 
 @pytest.fixture(scope="module")
 def tiny_vlm(tmp_path_factory):
     torch.set_num_threads(2)
-    return LlavaAdapter.from_pretrained(make_tiny_llava(tmp_path_factory.mktemp("llava")))
+    return VLMAdapter.from_pretrained(make_tiny_llava(tmp_path_factory.mktemp("llava")))
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +104,7 @@ def test_yes_probability_is_the_first_token_odds_and_ignores_padding(tiny_vlm):
 def _answer_token(tokenizer, word, prompt="USER: <image>\nIs there a cat in the image? ASSISTANT:"):
     from types import SimpleNamespace
 
-    return LlavaAdapter.answer_first_token(SimpleNamespace(format_prompt=lambda _: prompt, tokenizer=tokenizer), word)
+    return VLMAdapter.answer_first_token(SimpleNamespace(format_prompt=lambda _: prompt, tokenizer=tokenizer), word)
 
 
 def test_answer_first_token_with_a_sentencepiece_style_tokenizer():
@@ -149,5 +149,5 @@ def test_period_delimiters_are_the_papers_single_token_and_suffix_ones_all_that_
 
 def test_the_adapter_takes_its_delimiters_from_the_search_setting(tmp_path):
     path = make_tiny_llava(tmp_path)
-    vlm = LlavaAdapter.from_pretrained(path, delimiters="period")
+    vlm = VLMAdapter.from_pretrained(path, delimiters="period")
     assert vlm.delimiter_ids == frozenset({vlm.tokenizer.convert_tokens_to_ids(".")})

@@ -106,11 +106,11 @@ def test_params_validation():
 
 @pytest.fixture(scope="module")
 def tiny_vlm(tmp_path_factory):
-    from csr_core.adapters.vlm import LlavaAdapter
+    from csr_core.adapters.vlm import VLMAdapter
     from csr_testing.tiny_models import make_tiny_llava
 
     torch.set_num_threads(2)
-    return LlavaAdapter.from_pretrained(make_tiny_llava(tmp_path_factory.mktemp("llava")))
+    return VLMAdapter.from_pretrained(make_tiny_llava(tmp_path_factory.mktemp("llava")))
 
 
 @pytest.mark.parametrize("instruction", ["<image>\nDescribe the image in detail.", "what is the man holding"])

@@ -134,14 +134,14 @@ def test_without_stop_at_eos_a_node_is_final_when_eos_is_in_it_and_a_cut_sentenc
 
 
 def test_the_adapter_searches_past_eos_when_asked(tmp_path):
-    from csr_core.adapters.vlm import LlavaAdapter
+    from csr_core.adapters.vlm import VLMAdapter
     from csr_core.beams import BeamParams
     from csr_testing.tiny_models import make_tiny_llava
 
     path = make_tiny_llava(tmp_path)
     found = {}
     for stop_at_eos in (True, False):
-        vlm = LlavaAdapter.from_pretrained(path, stop_at_eos=stop_at_eos)
+        vlm = VLMAdapter.from_pretrained(path, stop_at_eos=stop_at_eos)
         (eos,) = vlm.eos_ids
 
         def favour_eos(module, inputs, output, eos=eos):  # make EOS the likeliest next token

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from csr_core.adapters.relevance import OpenClipRelevance
-from csr_core.adapters.vlm import LlavaAdapter
+from csr_core.adapters.vlm import VLMAdapter
 from csr_core.tree import PromptInput, SearchConfig, build_trees, tree_signature
 from csr_testing.tiny_models import make_tiny_clip, make_tiny_llava
 from training.dpo_config import DPOConfig
@@ -45,8 +45,8 @@ def _prompts():
 
 
 def test_sentence_tree_on_cuda_matches_cpu(llava_dir):
-    on_cpu = build_trees(LlavaAdapter.from_pretrained(llava_dir), _prompts(), SEARCH)
-    on_cuda = build_trees(LlavaAdapter.from_pretrained(llava_dir, device="cuda"), _prompts(), SEARCH)
+    on_cpu = build_trees(VLMAdapter.from_pretrained(llava_dir), _prompts(), SEARCH)
+    on_cuda = build_trees(VLMAdapter.from_pretrained(llava_dir, device="cuda"), _prompts(), SEARCH)
     assert sum(len(nodes) for nodes in on_cpu.values()) > len(on_cpu) * 4  # several levels, not just roots
     for pid, nodes in on_cpu.items():
         assert tree_signature(on_cuda[pid]) == tree_signature(nodes)
@@ -55,7 +55,7 @@ def test_sentence_tree_on_cuda_matches_cpu(llava_dir):
 
 
 def test_bfloat16_tree_on_cuda_scores_every_node(llava_dir):
-    vlm = LlavaAdapter.from_pretrained(llava_dir, device="cuda", dtype="bfloat16")
+    vlm = VLMAdapter.from_pretrained(llava_dir, device="cuda", dtype="bfloat16")
     assert vlm.model.dtype == torch.bfloat16 and vlm.model.device.type == "cuda"
     trees = build_trees(vlm, _prompts(), SEARCH)
     nodes = [n for tree in trees.values() for n in tree if n.node_id > 0]
@@ -102,7 +102,7 @@ def test_bfloat16_dpo_on_cuda_trains_merges_and_reloads(llava_dir, tmp_path):
     assert all(math.isfinite(r["loss"]) for r in logs)
 
     merged = merge_adapter(llava_dir, result.adapter_dir, tmp_path / "merged")
-    vlm = LlavaAdapter.from_pretrained(merged, device="cuda", dtype="bfloat16")
+    vlm = VLMAdapter.from_pretrained(merged, device="cuda", dtype="bfloat16")
     assert build_trees(vlm, _prompts()[:1], SEARCH)["p0"]
 
 

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from csr_core.adapters.relevance import OpenClipRelevance
-from csr_core.adapters.vlm import LlavaAdapter, MissingWeightsError
+from csr_core.adapters.vlm import MissingWeightsError, VLMAdapter
 from csr_core.validation import ConfigError
 from csr_testing.tiny_models import make_tiny_clip, make_tiny_llava
 from flows.cli import main as csr
@@ -45,7 +45,7 @@ def _check(**paths: Path):
 def _small_vlm_dir(root: Path) -> Path:
     """config.json + a small (not loadable, but well-formed) model.safetensors: enough for the file checks."""
     root.mkdir()
-    (root / "config.json").write_text(json.dumps({"text_config": {"num_hidden_layers": 2}}))
+    (root / "config.json").write_text(json.dumps({"model_type": "llava", "text_config": {"num_hidden_layers": 2}}))
     save_file({"a": torch.zeros(100), "b": torch.ones(2, 25)}, root / "model.safetensors")
     return root
 
@@ -211,7 +211,7 @@ def test_the_cli_refuses_cuda_that_is_not_there(field, tmp_path, capsys):
 
 # --- the loaders -------------------------------------------------------------------------------------------
 def test_a_vlm_checkpoint_lacking_a_tensor_is_refused_by_the_loader(tiny_llava, tmp_path):
-    LlavaAdapter.from_pretrained(tiny_llava)  # the complete dir loads
+    VLMAdapter.from_pretrained(tiny_llava)  # the complete dir loads
     model = _copy(tiny_llava, tmp_path / "llava")
     state = load_file(model / "model.safetensors")
     (stored,) = [name for name in state if "layers.1.mlp.up_proj" in name]  # the file's key naming may differ
@@ -220,7 +220,7 @@ def test_a_vlm_checkpoint_lacking_a_tensor_is_refused_by_the_loader(tiny_llava, 
     save_file(state, model / "model.safetensors", metadata={"format": "pt"})
     _check(model__path=model)  # a well-formed file: only loading can tell a tensor is missing
     with pytest.raises(MissingWeightsError) as error:
-        LlavaAdapter.from_pretrained(model)
+        VLMAdapter.from_pretrained(model)
     assert str(error.value) == (f"{model}: the weights lack 1 of the model's parameters ({dropped}); "
                                 "they would be initialised randomly")
 
@@ -254,3 +254,12 @@ def test_the_open_clip_loader_uses_open_clip_model_safetensors_over_other_weight
     expected, decoy = _text_features(tiny_clip), _text_features(other)
     assert not torch.allclose(expected, decoy)
     torch.testing.assert_close(_text_features(scorer), expected)
+
+
+def test_an_unsupported_model_family_is_refused_before_any_work_with_one_line(tmp_path, capsys):
+    model = _small_vlm_dir(tmp_path / "m")
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "model_type": "blip-2"}))
+    line = _refused(capsys, tmp_path / "never.duckdb", f"model.path={model}")
+    assert line == (f"model.path: {model}: model_type 'blip-2' is not a supported VLM family; supported: "
+                    "llava, llava_next, llava_onevision, qwen2_vl, qwen2_5_vl, qwen3_vl, gemma3, idefics3, smolvlm")

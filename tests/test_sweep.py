@@ -95,12 +95,12 @@ def test_the_table_is_published_as_a_prefect_artifact(swept):
 
 def test_a_rerun_from_the_cli_is_all_cache_hits(swept, monkeypatch, capsys):
     from csr_core.adapters.relevance import OpenClipRelevance
-    from csr_core.adapters.vlm import LlavaAdapter
+    from csr_core.adapters.vlm import VLMAdapter
 
     def refuse(cls, *args, **kwargs):
         raise AssertionError("a cached sweep loaded a model")
 
-    for cls in (LlavaAdapter, OpenClipRelevance):
+    for cls in (VLMAdapter, OpenClipRelevance):
         monkeypatch.setattr(cls, "from_pretrained", classmethod(refuse))
     before = query_rows(swept["db"], "SELECT count(*) FROM stages")[0][0]
     args = ["sweep", "--config", TINY, "--db", str(swept["db"]), "--data-dir", str(swept["data_dir"]),

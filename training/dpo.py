@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
+from csr_core.validation import ConfigError
 from training.dpo_config import DPOConfig, num_decoder_layers
 from training.pairs import DPOExample, trl_dataset
 
@@ -163,14 +164,22 @@ def load_model_and_processor(model_dir: str | Path, cfg: DPOConfig, trust_remote
 
 
 def lora_config(cfg: DPOConfig, model):
-    """PEFT LoRA settings for `model` (its decoder-layer count resolves `cfg.lora_layers`)."""
+    """PEFT LoRA settings for `model`: its family names the language model's module, its decoder-layer count
+    resolves `cfg.lora_layers`. A scope that matches no module of the model is refused here, before training."""
     from peft import LoraConfig
 
+    from csr_core.adapters.families import family_for
+
+    regex = cfg.lora_target_regex(num_decoder_layers(model.config.to_dict()),
+                                  family_for(model.config.model_type).decoder_scope)
+    if not any(re.fullmatch(regex, name) for name, _ in model.named_modules()):
+        raise ConfigError("lora_scope", f"LoRA targets {regex!r} match no module of this "
+                          f"{model.config.model_type} model; check lora_scope and lora_target_modules")
     return LoraConfig(
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
         lora_dropout=cfg.lora_dropout,
-        target_modules=cfg.lora_target_regex(num_decoder_layers(model.config.to_dict())),
+        target_modules=regex,
         bias="none",
         task_type="CAUSAL_LM",
     )

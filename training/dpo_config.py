@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 from csr_core.config import DEVICES
 from csr_core.validation import ConfigError, require_choice
 
+LANGUAGE_MODEL = "language_model"  # lora_scope meaning "the language model", whatever the family names it
 # The language model's linear layers of a LLaVA/Llama model: the paper's code puts LoRA on every linear layer
 # of the LLM (LLaVA's `find_all_linear_names`: not the vision tower, not the projector, not lm_head).
 LLAMA_LINEAR_LAYERS: tuple[str, ...] = (
@@ -62,7 +63,7 @@ class DPOConfig:
     # (LLaVA-1.5 and the world's model have no other dropout)
     disable_dropout: bool = False
     lora_target_modules: tuple[str, ...] = LLAMA_LINEAR_LAYERS
-    lora_scope: str = "language_model"
+    lora_scope: str = LANGUAGE_MODEL
     lora_layers: tuple[int, ...] = ()
     max_length: int = 1024
     seed: int = 0
@@ -162,10 +163,15 @@ class DPOConfig:
     def with_overrides(self, **changes: object) -> DPOConfig:
         return replace(self, **changes)
 
-    def lora_target_regex(self, num_layers: int | None = None) -> str:
-        """PEFT `target_modules` regex (full match against module paths) for the configured names and scope."""
+    def lora_target_regex(self, num_layers: int | None = None, decoder_scope: str = LANGUAGE_MODEL) -> str:
+        """PEFT `target_modules` regex (full match against module paths) for the configured names and scope.
+
+        `lora_scope: language_model` means the language model, whatever the family calls its module
+        (`decoder_scope`: Idefics3 and SmolVLM name it `text_model`); any other scope is taken as written.
+        """
         names = "|".join(self.lora_target_modules)
-        scope = rf".*\b{self.lora_scope}\b.*" if self.lora_scope else ".*"
+        module = decoder_scope if self.lora_scope == LANGUAGE_MODEL else self.lora_scope
+        scope = rf".*\b{module}\b.*" if module else ".*"
         if not self.lora_layers:
             return rf"{scope}\.({names})"
         layers = "|".join(str(i) for i in self.resolve_lora_layers(num_layers))

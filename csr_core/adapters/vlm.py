@@ -1,14 +1,21 @@
-"""Adapter for transformers LLaVA-family models: prompt formatting, prefix KV caching, batched sentence search.
+"""Adapter for transformers VLMs of every supported family: prompts, prefix KV caching, batched sentence search.
 
 The sentence search decodes many tree nodes (of several prompts) in one batch. Row i of the batch is laid out as
 `[prefix_i | padding | tail_i]`: the prefix KV cache (image + prompt, minus its last token) is computed once per
 prompt and reused; the tail (last prompt token + the node's response so far) is left-padded; padding is masked
-out and `position_ids` keep every row's positions contiguous, so the holes change nothing.
+out and `position_ids` keep every row's positions contiguous, so the holes change nothing. Qwen's multimodal
+RoPE numbers the text after an image from `rope_deltas` on, so a tail's positions start there.
+
+One layout is unsafe: a sliding-window attention layer measures distance in cache slots, not positions, so a
+hole inside the window would hide tokens it should see. When a batch could reach past the window, the rows are
+laid out `[padding | prefix_i | tail_i]` instead (each tail prefilled on its own prefix copy), which is exact
+for any window; the adapter logs when it does so. Which family does what is in `adapters/families.py`.
 """
 
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,19 +23,28 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from csr_core.adapters.families import Family, family_for
 from csr_core.beam_search import diverse_beam_search
 from csr_core.beams import BeamParams, Candidate
 from csr_core.prompts import without_image_placeholder
 
 FALLBACK_TEMPLATE = "USER: <image>\n{text} ASSISTANT:"
+# processor outputs with one entry per token: a prefix drops their last column with the last token
+PER_TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids")
+log = logging.getLogger("csr")
 
 
 @dataclass(frozen=True)
 class PrefixState:
-    """KV cache of image + chat-templated prompt, all tokens but the last one (batch size 1)."""
+    """KV cache of image + chat-templated prompt, all tokens but the last one (batch size 1).
+
+    `position_delta`: how far the prompt's positions run ahead of its token count (Qwen's `rope_deltas`; 0 for
+    1-D RoPE), so the last token sits at position `cache_len + position_delta`.
+    """
 
     kv: tuple[tuple[torch.Tensor, torch.Tensor], ...]
     last_token: int
+    position_delta: int = 0
 
     @property
     def cache_len(self) -> int:
@@ -61,12 +77,13 @@ def _resolve_dtype(dtype):
     return getattr(torch, str(dtype))
 
 
-class LlavaAdapter:
+class VLMAdapter:
     """`delimiters`: "suffix" ends a sentence at every vocabulary token whose text ends in "." (" .", ")." ...);
     "period" only at the tokenizer's "." token, as the paper's code does (its `--period_id 29889`)."""
 
     def __init__(self, model, processor, *, device: str = "cpu", delimiters: str = "suffix",
                  stop_at_eos: bool = True):
+        self.family: Family = family_for(model.config.model_type)
         self.model = model.eval()
         self.processor = processor
         self.tokenizer = processor.tokenizer
@@ -75,12 +92,14 @@ class LlavaAdapter:
         ids = delimiter_token_ids(self.tokenizer) if delimiters == "suffix" else [period_token_id(self.tokenizer)]
         self.delimiter_ids = frozenset(ids) - self.eos_ids
         self.stop_at_eos = stop_at_eos  # False: EOS does not stop the search (the paper's code; see SearchConfig)
-        # never generated during the search: an image placeholder in a response would break re-encoding
-        self.suppress_ids = frozenset(_suppressed_ids(model, self.tokenizer))
+        # never generated during the search: an image or turn marker in a response would break re-encoding
+        self.suppress_ids = frozenset(suppressed_token_ids(model, self.tokenizer) - self.eos_ids)
+        self.sliding_window = sliding_window(model.config)
+        self._said_contiguous = False
 
     @classmethod
     def from_pretrained(cls, model_dir, *, device="cpu", dtype=None, trust_remote_code=False,
-                        delimiters: str = "suffix", stop_at_eos: bool = True) -> LlavaAdapter:
+                        delimiters: str = "suffix", stop_at_eos: bool = True) -> VLMAdapter:
         from transformers import AutoProcessor
 
         model_dir = str(Path(model_dir))
@@ -100,11 +119,25 @@ class LlavaAdapter:
     def model_inputs(self, images, instructions, padding_side="left"):
         texts = [self.format_prompt(i) for i in instructions]
         self.tokenizer.padding_side = padding_side
-        inputs = self.processor(images=list(images), text=texts, return_tensors="pt", padding=True)
+        images = [[im] for im in images] if self.family.images_per_prompt else list(images)
+        inputs = self.processor(images=images, text=texts, return_tensors="pt", padding=True)
         inputs = inputs.to(self.device)
-        if "pixel_values" in inputs:
-            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        for name in ("pixel_values", "pixel_values_videos"):
+            if name in inputs and inputs[name].is_floating_point():
+                inputs[name] = inputs[name].to(self.model.dtype)
         return inputs
+
+    def prompt_positions(self, inputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """Position ids of (left-padded) model inputs and, per row, how far the positions after the prompt run
+        ahead of its token count: (B, L) and zeros for 1-D RoPE; Qwen's (3, B, L) and `rope_deltas`."""
+        mask = inputs["attention_mask"]
+        if not self.family.mrope:
+            return (mask.cumsum(-1) - 1).clamp(min=0), torch.zeros(mask.shape[0], dtype=torch.long)
+        positions, deltas = _rope_index(self.model)(
+            inputs["input_ids"], mm_token_type_ids=inputs["mm_token_type_ids"],
+            image_grid_thw=inputs.get("image_grid_thw"), attention_mask=mask,
+        )
+        return positions, deltas.reshape(-1).long().cpu()
 
     @property
     def context_length(self) -> int | None:
@@ -123,12 +156,19 @@ class LlavaAdapter:
     @torch.inference_mode()
     def encode_prefix(self, image: Image.Image, instruction: str) -> PrefixState:
         """Run the vision tower and the prompt once; keep the KV cache for reuse by every tree node."""
+        from transformers import DynamicCache
+
         inputs = self.model_inputs([image], [instruction])
         ids = inputs["input_ids"]
-        inputs["input_ids"], inputs["attention_mask"] = ids[:, :-1], inputs["attention_mask"][:, :-1]
-        out = self.model(**inputs, use_cache=True)
+        positions, deltas = self.prompt_positions(inputs)
+        for name in PER_TOKEN_INPUTS:
+            if name in inputs:
+                inputs[name] = inputs[name][:, :-1]
+        # a cache without sliding-window layers: every layer keeps the whole prefix, the masks apply the window
+        out = self.model(**inputs, position_ids=positions[..., :-1], use_cache=True,
+                         **{_cache_kwarg(self.model): DynamicCache()})
         kv = tuple((layer.keys, layer.values) for layer in _output_cache(out).layers)
-        return PrefixState(kv=kv, last_token=int(ids[0, -1]))
+        return PrefixState(kv=kv, last_token=int(ids[0, -1]), position_delta=int(deltas[0]))
 
     @torch.inference_mode()
     def search_sentences(
@@ -139,7 +179,9 @@ class LlavaAdapter:
         params: BeamParams,
     ) -> list[list[Candidate]]:
         """Extend each (prefix, response-so-far) pair by one sentence with diverse beam search, in one batch."""
-        batch = NodeBatch(self.model, prefixes, responses, self.device)
+        contiguous = self._needs_contiguous_rows(prefixes, responses, max_new_tokens)
+        batch = NodeBatch(self.model, prefixes, responses, self.device, mrope=self.family.mrope,
+                          contiguous=contiguous)
         first_logits = batch.prefill()
         return diverse_beam_search(
             first_logits, batch.step, params,
@@ -147,6 +189,21 @@ class LlavaAdapter:
             max_new_tokens=max_new_tokens,
             suppress_ids=sorted(self.suppress_ids), pad_id=self.tokenizer.pad_token_id,
         )
+
+    def _needs_contiguous_rows(self, prefixes, responses, max_new_tokens) -> bool:
+        """True when a row's cache slots could span more than the sliding window (see the module docstring)."""
+        if self.sliding_window is None:
+            return False
+        longest = (max(p.cache_len for p in prefixes) + max(len(r) for r in responses) + 1
+                   + max(max_new_tokens, default=0))
+        if longest <= self.sliding_window:
+            return False
+        if not self._said_contiguous:
+            log.warning("%s: a batch of the search reaches %d cache slots, past the %d-token sliding window; "
+                        "its rows are laid out without padding holes (exact, slower prefill)",
+                        self.family.name, longest, self.sliding_window)
+            self._said_contiguous = True
+        return True
 
     # --- evaluation ---------------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -162,7 +219,7 @@ class LlavaAdapter:
         probabilities: list[float] = []
         for start in range(0, len(instructions), batch_size):
             inputs = self.model_inputs(images[start : start + batch_size], instructions[start : start + batch_size])
-            positions = (inputs["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+            positions, _ = self.prompt_positions(inputs)
             logits = self.model(**inputs, position_ids=positions, logits_to_keep=1).logits[:, -1, [yes, no]]
             probabilities += torch.softmax(logits.float(), dim=-1)[:, 0].tolist()
         return probabilities
@@ -199,18 +256,26 @@ class LlavaAdapter:
 
 
 class NodeBatch:
-    """KV-cached forward passes for a batch of tree nodes, with beam reordering between steps."""
+    """KV-cached forward passes for a batch of tree nodes, with beam reordering between steps.
 
-    def __init__(self, model, prefixes, responses, device):
+    `mrope`: positions go to the model as Qwen's (3, B, L) (all three equal after the image). `contiguous`: the
+    `[padding | prefix | tail]` layout, for sliding-window models (see the module docstring).
+    """
+
+    def __init__(self, model, prefixes, responses, device, *, mrope: bool = False, contiguous: bool = False):
         self.model, self.device = model, device
         self.prefixes, self.responses = prefixes, responses
+        self.mrope, self.contiguous = mrope, contiguous
         self.cache = None
         self.mask = self.positions = None
 
     def prefill(self) -> torch.Tensor:
+        tails = [[p.last_token, *r] for p, r in zip(self.prefixes, self.responses)]
+        starts = [p.cache_len + p.position_delta for p in self.prefixes]
+        if self.contiguous:
+            return self._prefill_rows(tails, starts)
         from transformers import DynamicCache
 
-        tails = [[p.last_token, *r] for p, r in zip(self.prefixes, self.responses)]
         cache_max = max(p.cache_len for p in self.prefixes)
         tail_max = max(len(t) for t in tails)
         n = len(tails)
@@ -227,8 +292,35 @@ class NodeBatch:
             input_ids[i, tail_max - len(tail) :] = torch.tensor(tail, device=self.device)
             mask[i, : prefix.cache_len] = 1
             mask[i, cache_max + tail_max - len(tail) :] = 1
-            positions[i, tail_max - len(tail) :] = prefix.cache_len + torch.arange(len(tail), device=self.device)
+            positions[i, tail_max - len(tail) :] = starts[i] + torch.arange(len(tail), device=self.device)
         return self._forward(input_ids, mask, positions)
+
+    def _prefill_rows(self, tails, starts) -> torch.Tensor:
+        """Each tail on its own copy of its prefix, then the rows left-padded into one cache."""
+        from transformers import DynamicCache
+
+        logits, row_kv = [], []
+        for prefix, tail, start in zip(self.prefixes, tails, starts):
+            self.cache = DynamicCache(ddp_cache_data=list(prefix.kv))
+            ids = torch.tensor([tail], device=self.device)
+            mask = torch.ones(1, prefix.cache_len + len(tail), dtype=torch.long, device=self.device)
+            positions = start + torch.arange(len(tail), device=self.device)[None]
+            logits.append(self._forward(ids, mask, positions))
+            row_kv.append([(layer.keys, layer.values) for layer in self.cache.layers])
+        lengths = [p.cache_len + len(t) for p, t in zip(self.prefixes, tails)]
+        longest = max(lengths)
+        kv = []
+        for layer in range(len(row_kv[0])):
+            keys = [_pad_left(row[layer][0], longest) for row in row_kv]
+            values = [_pad_left(row[layer][1], longest) for row in row_kv]
+            kv.append((torch.cat(keys), torch.cat(values)))
+        self.cache = DynamicCache(ddp_cache_data=kv)
+        self.mask = torch.zeros(len(tails), longest, dtype=torch.long, device=self.device)
+        for i, length in enumerate(lengths):
+            self.mask[i, longest - length :] = 1
+        last = [start + len(tail) - 1 for start, tail in zip(starts, tails)]
+        self.positions = torch.tensor(last, device=self.device)[:, None]
+        return torch.cat(logits)
 
     def step(self, parent_rows: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         parent_rows = parent_rows.to(self.device)
@@ -239,12 +331,33 @@ class NodeBatch:
         return self._forward(tokens.to(self.device)[:, None], mask, positions)
 
     def _forward(self, input_ids, mask, positions) -> torch.Tensor:
+        model_positions = positions[None].expand(3, -1, -1) if self.mrope else positions
         out = self.model(
-            input_ids=input_ids, attention_mask=mask, position_ids=positions,
+            input_ids=input_ids, attention_mask=mask, position_ids=model_positions,
             **{_cache_kwarg(self.model): self.cache}, use_cache=True, logits_to_keep=1,
         )
         self.cache, self.mask, self.positions = _output_cache(out), mask, positions[:, -1:]
         return out.logits[:, -1, :].float()
+
+
+def _rope_index(model):
+    """Qwen's `get_rope_index` (on the model or its inner `.model`), which numbers image tokens by (t, h, w)."""
+    for owner in (model, getattr(model, "model", None)):
+        if owner is not None and hasattr(owner, "get_rope_index"):
+            return owner.get_rope_index
+    raise TypeError(f"{type(model).__name__} has no get_rope_index, which multimodal RoPE needs")
+
+
+def sliding_window(config) -> int | None:
+    """The language model's sliding attention window, when any of its layers uses one."""
+    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    window = getattr(text, "sliding_window", None)
+    if not window:
+        return None
+    layer_types = getattr(text, "layer_types", None)
+    if layer_types is not None:
+        return int(window) if "sliding_attention" in layer_types else None
+    return int(window) if getattr(text, "use_sliding_window", True) else None
 
 
 def _cache_kwarg(model) -> str:
@@ -263,6 +376,14 @@ def _pad_right(tensor: torch.Tensor, length: int) -> torch.Tensor:
         return tensor
     pad = tensor.new_zeros(tensor.shape[:-2] + (missing, tensor.shape[-1]))
     return torch.cat([tensor, pad], dim=-2)
+
+
+def _pad_left(tensor: torch.Tensor, length: int) -> torch.Tensor:
+    missing = length - tensor.shape[-2]
+    if missing == 0:
+        return tensor
+    pad = tensor.new_zeros(tensor.shape[:-2] + (missing, tensor.shape[-1]))
+    return torch.cat([pad, tensor], dim=-2)
 
 
 def delimiter_token_ids(tokenizer, delimiter: str = ".") -> list[int]:
@@ -286,10 +407,14 @@ def period_token_id(tokenizer) -> int:
     return int(token_id)
 
 
-def _suppressed_ids(model, tokenizer) -> list[int]:
+def suppressed_token_ids(model, tokenizer) -> set[int]:
+    """Tokens a response never contains: the image placeholder and every special token (pad, turn and image
+    markers, Idefics3's crop tags...) but BOS, UNK and EOS. The caller also takes out the model's EOS ids."""
     ids = {getattr(model.config, "image_token_id", None), getattr(model.config, "image_token_index", None)}
-    ids.add(tokenizer.pad_token_id if tokenizer.pad_token_id not in (tokenizer.eos_token_id, None) else None)
-    return sorted(i for i in ids if i is not None)
+    ids.update(int(i) for i in tokenizer.all_special_ids)
+    ids.update(int(i) for i, token in getattr(tokenizer, "added_tokens_decoder", {}).items() if token.special)
+    ids -= {tokenizer.bos_token_id, tokenizer.unk_token_id, tokenizer.eos_token_id, None}
+    return ids
 
 
 def _eos_ids(model, tokenizer) -> list[int]:

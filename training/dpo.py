@@ -125,7 +125,7 @@ def train_dpo(
         model=model,
         ref_model=None,
         args=trl_args(cfg, checkpoint_dir),
-        train_dataset=trl_dataset(pairs, eos_token=processor.tokenizer.eos_token, crop_boxes=boxes),
+        train_dataset=trl_dataset(pairs, eos_token=response_closer(processor, model), crop_boxes=boxes),
         processing_class=processor,
         peft_config=lora_config(cfg, model),
         callbacks=[logger, *callbacks],
@@ -161,6 +161,23 @@ def load_model_and_processor(model_dir: str | Path, cfg: DPOConfig, trust_remote
     )
     processor.tokenizer.padding_side = "left"
     return model, processor
+
+
+def response_closer(processor, model) -> str:
+    """What a response must end with for DPO to see where it stops: the EOS token, unless the chat template
+    already closes an assistant turn with one of the model's EOS tokens (Qwen's `<|im_end|>`, Gemma 3's
+    `<end_of_turn>`, Idefics3's `<end_of_utterance>`); llava-1.5's template ends a turn with a space."""
+    from csr_core.adapters.vlm import eos_token_ids
+
+    tokenizer = processor.tokenizer
+    messages = [{"role": "user", "content": [{"type": "text", "text": "q"}]},
+                {"role": "assistant", "content": [{"type": "text", "text": "RESPONSE"}]}]
+    try:
+        after = processor.apply_chat_template(messages, tokenize=False).rsplit("RESPONSE", 1)[-1]
+    except (ValueError, TypeError):  # no chat template: nothing closes the turn
+        after = ""
+    closers = tokenizer.convert_ids_to_tokens(eos_token_ids(model, tokenizer))
+    return "" if any(token in after for token in closers if token) else (tokenizer.eos_token or "")
 
 
 def lora_config(cfg: DPOConfig, model):

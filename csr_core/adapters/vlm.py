@@ -88,7 +88,7 @@ class VLMAdapter:
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.device = torch.device(device)
-        self.eos_ids = frozenset(_eos_ids(model, self.tokenizer))
+        self.eos_ids = frozenset(eos_token_ids(model, self.tokenizer))
         ids = delimiter_token_ids(self.tokenizer) if delimiters == "suffix" else [period_token_id(self.tokenizer)]
         self.delimiter_ids = frozenset(ids) - self.eos_ids
         self.stop_at_eos = stop_at_eos  # False: EOS does not stop the search (the paper's code; see SearchConfig)
@@ -417,7 +417,8 @@ def suppressed_token_ids(model, tokenizer) -> set[int]:
     return ids
 
 
-def _eos_ids(model, tokenizer) -> list[int]:
+def eos_token_ids(model, tokenizer) -> list[int]:
+    """The generation config's EOS ids and the tokenizer's."""
     ids = set()
     configured = getattr(model.generation_config, "eos_token_id", None)
     if isinstance(configured, int):

@@ -55,7 +55,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class RelevanceConfig:
-    """The image-relevance scorer: "world" or an open_clip local-dir model."""
+    """The image-relevance scorer: "world", an open_clip local-dir model or a transformers CLIP/SigLIP/SigLIP 2 dir."""
 
     model_dir: str = WORLD
     batch_size: int = 256

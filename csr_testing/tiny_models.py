@@ -3,6 +3,8 @@
 - `make_tiny_llava`: a LLaVA-1.5-layout model (CLIP vision tower + Llama text model), a word-level
   tokenizer, a CLIP image processor and a `LlavaProcessor` with the LLaVA-1.5 chat template.
 - `make_tiny_clip`: a tiny open_clip model in open_clip's local-dir format.
+- `make_tiny_hf_clip`, `make_tiny_siglip`: tiny transformers CLIP, SigLIP and SigLIP 2 scorers
+  (save_pretrained dirs with their processors and offline tokenizers).
 
 Weights are random; the models only have to run, not to be good.
 """
@@ -166,4 +168,96 @@ def make_tiny_clip(out_dir: str | Path, seed: int = 0) -> Path:
     }
     config = {"model_cfg": TINY_CLIP_CFG, "preprocess_cfg": preprocess_cfg}
     (out_dir / "open_clip_config.json").write_text(json.dumps(config, indent=2))
+    return out_dir
+
+
+# --- transformers CLIP / SigLIP scorer dirs ------------------------------------------------------------------
+TINY_TOWER = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2}
+SIGLIP_TEXT_LENGTH = 64  # SigLIP's and SigLIP 2's training text length
+
+
+def make_tiny_hf_clip(out_dir: str | Path, seed: int = 0) -> Path:
+    """Build and save a tiny transformers `CLIPModel` + `CLIPProcessor` (a byte-level BPE `CLIPTokenizer` over the
+    256 byte symbols, no merges; 32-pixel images, 77-token texts) into `out_dir`; return the path."""
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    symbols = sorted(ByteLevel.alphabet())
+    vocab = {token: i for i, token in enumerate(symbols + [s + "</w>" for s in symbols]
+                                                 + ["<|startoftext|>", "<|endoftext|>"])}
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+    config = CLIPConfig(
+        text_config={**TINY_TOWER, "vocab_size": len(vocab), "max_position_embeddings": 77,
+                     "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+                     "pad_token_id": tokenizer.pad_token_id},
+        vision_config={**TINY_TOWER, "image_size": 32, "patch_size": 8},
+        projection_dim=32,
+    )
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    return _save_scorer(out_dir, CLIPModel, config, CLIPProcessor(image_processor=image_processor,
+                                                                  tokenizer=tokenizer), seed)
+
+
+def make_tiny_siglip(out_dir: str | Path, seed: int = 0, *, model_type: str = "siglip") -> Path:
+    """Build and save a tiny transformers SigLIP scorer into `out_dir`; return the path.
+
+    `model_type="siglip"`: a `SiglipModel` (32-pixel images) with a lower-casing word-level tokenizer that appends
+    `</s>` and pads with it, as SigLIP's does (SiglipTokenizer itself needs sentencepiece, which csr does not
+    install). `"siglip2"`: a NaFlex `Siglip2Model` (8-pixel patches, at most 16 per image) with a `Siglip2Tokenizer`
+    (lower-casing byte-fallback BPE over single characters) that appends `<eos>`. Both pad on the right to 64.
+    """
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+
+    if model_type == "siglip":
+        from transformers import (
+            PreTrainedTokenizerFast,
+            SiglipConfig,
+            SiglipImageProcessor,
+            SiglipModel,
+            SiglipProcessor,
+        )
+
+        words = ["<pad>", "</s>", "<unk>", *dict.fromkeys(_WORDS)]
+        backend = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+        backend.normalizer = normalizers.Lowercase()
+        backend.pre_tokenizer = pre_tokenizers.Whitespace()
+        backend.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+        tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="</s>", pad_token="</s>",
+                                            unk_token="<unk>", model_max_length=SIGLIP_TEXT_LENGTH,
+                                            padding_side="right")
+        config = SiglipConfig(
+            text_config={**TINY_TOWER, "vocab_size": len(words), "max_position_embeddings": SIGLIP_TEXT_LENGTH,
+                         "projection_size": 32, "pad_token_id": 1, "eos_token_id": 1, "bos_token_id": None},
+            vision_config={**TINY_TOWER, "image_size": 32, "patch_size": 8},
+        )
+        processor = SiglipProcessor(image_processor=SiglipImageProcessor(size={"height": 32, "width": 32}),
+                                    tokenizer=tokenizer)
+        return _save_scorer(out_dir, SiglipModel, config, processor, seed)
+    if model_type != "siglip2":
+        raise ValueError(f"model_type must be siglip or siglip2, not {model_type!r}")
+    from transformers import Siglip2Config, Siglip2ImageProcessor, Siglip2Model, Siglip2Processor, Siglip2Tokenizer
+
+    symbols = (["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"] + [f"<0x{b:02X}>" for b in range(256)]
+               + list("▁abcdefghijklmnopqrstuvwxyz0123456789.,'"))
+    tokenizer = Siglip2Tokenizer(vocab={s: i for i, s in enumerate(symbols)}, merges=[],
+                                 model_max_length=SIGLIP_TEXT_LENGTH, padding_side="right")
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="$A <eos>", special_tokens=[("<eos>", tokenizer.eos_token_id)])
+    config = Siglip2Config(
+        text_config={**TINY_TOWER, "vocab_size": len(symbols), "max_position_embeddings": SIGLIP_TEXT_LENGTH,
+                     "projection_size": 32, "pad_token_id": tokenizer.pad_token_id,
+                     "eos_token_id": tokenizer.eos_token_id, "bos_token_id": tokenizer.bos_token_id},
+        vision_config={**TINY_TOWER, "patch_size": 8, "num_patches": 16},
+    )
+    processor = Siglip2Processor(image_processor=Siglip2ImageProcessor(patch_size=8, max_num_patches=16),
+                                 tokenizer=tokenizer)
+    return _save_scorer(out_dir, Siglip2Model, config, processor, seed)
+
+
+def _save_scorer(out_dir: str | Path, model_class, config, processor, seed: int) -> Path:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    model_class(config).eval().save_pretrained(out_dir)  # model.safetensors
+    processor.save_pretrained(out_dir)
     return out_dir

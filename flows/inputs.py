@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from csr_core.adapters.families import family_for, model_type_of
+from csr_core.adapters.relevance_dirs import OPEN_CLIP, UnknownScorerDirError, scorer_kind
 from csr_core.config import WORLD
 from csr_core.prompts import parse_pool
 from csr_core.validation import ConfigError
@@ -67,7 +68,7 @@ def check_user_inputs(cfg: RunConfig, *, need_eval: bool = True) -> Inputs:
     if cfg.model.path != WORLD:
         check_vlm_dir(Path(inputs.model_dir), "model.path")
     if cfg.relevance.model_dir != WORLD:
-        check_open_clip_dir(Path(inputs.scorer_dir), "relevance.model_dir")
+        check_relevance_dir(Path(inputs.scorer_dir), "relevance.model_dir")
     return inputs
 
 
@@ -103,6 +104,15 @@ def check_vlm_dir(model_dir: Path, field: str) -> None:
     (one file or shards)."""
     if not (model_dir / "config.json").is_file():
         raise ConfigError(field, f"no config.json in {model_dir} (a transformers save_pretrained dir is expected)")
+    check_save_pretrained_weights(model_dir, field)
+    try:
+        family_for(model_type_of(model_dir))
+    except ValueError as error:  # unreadable config.json or an unsupported family
+        raise ConfigError(field, f"{model_dir}: {error}") from None
+
+
+def check_save_pretrained_weights(model_dir: Path, field: str) -> None:
+    """Complete safetensors weights as save_pretrained writes them: model.safetensors or an index and its shards."""
     single, index = model_dir / "model.safetensors", model_dir / "model.safetensors.index.json"
     if single.is_file():
         check_safetensors(single, field)
@@ -115,10 +125,19 @@ def check_vlm_dir(model_dir: Path, field: str) -> None:
             check_safetensors(shard, field)
     else:
         _refuse_missing_weights(model_dir, field, "model.safetensors or model.safetensors.index.json")
+
+
+def check_relevance_dir(model_dir: Path, field: str) -> None:
+    """An open_clip local dir (`check_open_clip_dir`), or a transformers CLIP, SigLIP or SigLIP 2 save_pretrained
+    dir: config.json with model_type clip, siglip or siglip2 and complete safetensors weights."""
     try:
-        family_for(model_type_of(model_dir))
-    except ValueError as error:  # unreadable config.json or an unsupported family
-        raise ConfigError(field, f"{model_dir}: {error}") from None
+        kind = scorer_kind(model_dir)
+    except UnknownScorerDirError as error:
+        raise ConfigError(field, str(error)) from None
+    if kind == OPEN_CLIP:
+        check_open_clip_dir(model_dir, field)
+    else:
+        check_save_pretrained_weights(model_dir, field)
 
 
 def check_open_clip_dir(model_dir: Path, field: str) -> None:

@@ -25,9 +25,10 @@ def load_vlm(model_dir: str, model_cfg: ModelConfig, runtime: RuntimeConfig, del
 
 
 def load_relevance(model_dir: str, runtime: RuntimeConfig):
-    from csr_core.adapters.relevance import OpenClipRelevance
+    """An open_clip local dir or a transformers CLIP/SigLIP/SigLIP 2 dir, by what the dir holds."""
+    from csr_core.adapters.relevance import load_relevance_scorer
 
-    return OpenClipRelevance.from_pretrained(model_dir, device=resolve_device(runtime.device))
+    return load_relevance_scorer(model_dir, device=resolve_device(runtime.device))
 
 
 def register_base_model(db: str, model_dir: str) -> str:

@@ -3,32 +3,36 @@ from __future__ import annotations
 
 import pandas as pd
 
+from csr_core.adapters.relevance_dirs import scorer_kind
 from csr_core.config import RelevanceConfig, RuntimeConfig
 from storage.artifacts import read_prompts, read_tree
 from storage.store import open_store
-from tasks.common import ChunkResult, StageSpec, run_item_stage, stage_task
+from tasks.common import ChunkResult, StageSpec, logger, run_item_stage, stage_task
 from tasks.io import load_images
 from tasks.models import load_relevance
 
 COLUMNS = ["tree_key", "prompt_id", "node_id", "scorer", "cosine"]
 
 
-def relevance_spec(scorer_key: str, tree_key: str) -> StageSpec:
-    # The batch size changes speed, not scores.
-    return StageSpec("score_relevance", {"scorer": scorer_key}, {"tree": tree_key, "scorer": scorer_key})
+def relevance_spec(scorer_key: str, tree_key: str, kind: str) -> StageSpec:
+    # The batch size changes speed, not scores. `kind` (open_clip, hf-clip, hf-siglip, hf-siglip2) records which
+    # scorer class read the dir with the stage's config; the dir's fingerprint (`scorer_key`) already tells dirs apart.
+    return StageSpec("score_relevance", {"scorer": scorer_key, "scorer_kind": kind},
+                     {"tree": tree_key, "scorer": scorer_key})
 
 
 @stage_task(name="score-relevance")
 def score_relevance(db: str, cfg: RelevanceConfig, runtime: RuntimeConfig, scorer_key: str, scorer_dir: str,
                     tree_key: str, prompts_key: str) -> str:
     store = open_store(db)
-    spec = relevance_spec(scorer_key, tree_key)
+    spec = relevance_spec(scorer_key, tree_key, scorer_kind(scorer_dir))
     prompts = read_prompts(store, prompts_key).set_index("prompt_id")
     scored = sorted(set(read_tree(store, tree_key)["prompt_id"]))
     loaded: dict = {}
 
     def setup() -> None:
         loaded["clip"] = load_relevance(scorer_dir, runtime)
+        logger().info("%s %s: scoring with %s", spec.stage, spec.key, loaded["clip"].name)
 
     def process(chunk: list[str]) -> ChunkResult:
         images, failed = load_images(prompts, chunk)

@@ -9,7 +9,7 @@ from tasks.relevance import relevance_spec
 
 def _keys(cfg):
     tree = generate_spec(cfg.search, cfg.reward, "model-a", "prompts-a", "clip-a").key
-    relevance = relevance_spec("clip-a", tree).key
+    relevance = relevance_spec("clip-a", tree, "open_clip").key
     pairs = calibrate_spec(cfg.reward, tree, relevance, "prompts-a").key
     model = dpo_spec(cfg.dpo, "model-a", pairs).key
     return {"tree": tree, "relevance": relevance, "pairs": pairs, "model": model}

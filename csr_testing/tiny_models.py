@@ -36,9 +36,10 @@ describe detail detailed what how where who which does do please answer question
 """.split()
 
 
-def _vocab() -> dict[str, int]:
-    words = list(dict.fromkeys(_WORDS))
-    return {tok: i for i, tok in enumerate(list(SPECIAL_TOKENS) + words)}
+def _vocab(added_tokens: tuple[str, ...] = ()) -> dict[str, int]:
+    """Special tokens, then the words, then `added_tokens` not already there (so word ids never move)."""
+    tokens = dict.fromkeys([*SPECIAL_TOKENS, *_WORDS, *added_tokens])
+    return {tok: i for i, tok in enumerate(tokens)}
 
 
 LLAVA_CHAT_TEMPLATE = (
@@ -52,39 +53,43 @@ LLAVA_CHAT_TEMPLATE = (
 )
 
 
-def _make_tokenizer():
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+def _make_tokenizer(added_tokens: tuple[str, ...] = (), added_words: tuple[str, ...] = (), **named_tokens):
+    """The word-level tokenizer (lowercases, splits on whitespace and punctuation).
+
+    `added_tokens` join the vocabulary as special tokens that are never split, `added_words` as plain words;
+    `named_tokens` replace the LLaVA-1.5 defaults for `bos_token`, `eos_token`, `pad_token`, `unk_token` and
+    `extra_special_tokens`.
+    """
+    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    backend = Tokenizer(models.WordLevel(vocab=_vocab(), unk_token="<unk>"))
+    backend = Tokenizer(models.WordLevel(vocab=_vocab((*added_words, *added_tokens)), unk_token="<unk>"))
     backend.normalizer = normalizers.Lowercase()
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     backend.decoder = decoders.WordPiece(prefix="##", cleanup=True)  # joins words with spaces, glues "."
+    if added_tokens:
+        backend.add_special_tokens([AddedToken(tok, special=True, normalized=False) for tok in added_tokens])
+    names = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>",
+             "extra_special_tokens": {"image_token": "<image>"}}
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        bos_token="<s>",
-        eos_token="</s>",
-        pad_token="<pad>",
-        unk_token="<unk>",
-        extra_special_tokens={"image_token": "<image>"},
-        padding_side="left",
-        add_bos_token=False,
+        tokenizer_object=backend, **(names | named_tokens), padding_side="left", add_bos_token=False,
     )
     return tokenizer
+
+
+TINY_LLAVA_VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+                     "projection_dim": 32}
+TINY_LLAVA_TEXT = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+                   "num_key_value_heads": 2, "max_position_embeddings": 2048,
+                   "initializer_range": 0.2}  # peaked enough that "." and eos get picked
 
 
 def make_tiny_llava(out_dir: str | Path, seed: int = 0) -> Path:
     """Build and save a tiny LLaVA-1.5-layout model + processor into `out_dir`; return the path."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model, processor = build_llava(
-        vision={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-                "projection_dim": 32},
-        text={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-              "num_key_value_heads": 2, "max_position_embeddings": 2048,
-              "initializer_range": 0.2},  # peaked enough that "." and eos get picked
-        image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, seed=seed,
-    )
+    model, processor = build_llava(TINY_LLAVA_VISION, TINY_LLAVA_TEXT, image_size=IMAGE_SIZE, patch_size=PATCH_SIZE,
+                                   seed=seed)
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
     return out_dir

@@ -45,6 +45,7 @@ TEXT = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num
         "num_key_value_heads": 1, "max_position_embeddings": 2048, "initializer_range": 0.2}
 VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
 HALF = [0.5, 0.5, 0.5]
+ROLE_WORDS = ("system", "model")  # chat-template role names that are not tiny_models words
 
 QWEN_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
                "<|video_pad|>")
@@ -79,10 +80,17 @@ QWEN_CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
-GEMMA_CHAT_TEMPLATE = (
+GEMMA_CHAT_TEMPLATE = (  # a system message opens the first user turn, as in Gemma 3's template
     "{{ '<bos>' }}"
-    "{% for message in messages %}"
+    "{% set prefix = '' %}{% set turns = messages %}"
+    "{% if messages[0]['role'] == 'system' %}"
+    "{% set system = messages[0]['content'] %}"
+    "{% set prefix = (system if system is string else system[0]['text']) + '\n\n' %}"
+    "{% set turns = messages[1:] %}"
+    "{% endif %}"
+    "{% for message in turns %}"
     "{{ '<start_of_turn>' + ('model' if message['role'] == 'assistant' else message['role']) + '\n' }}"
+    "{% if loop.first %}{{ prefix }}{% endif %}"
     "{% if message['content'] is string %}{{ message['content'] | trim }}{% else %}"
     "{% for content in message['content'] %}"
     "{% if content['type'] == 'image' %}{{ '<start_of_image>' }}"
@@ -141,9 +149,9 @@ def _build_llava(seed: int):
                        seed=seed)
 
 
-def _tokenizer(family_tokens: tuple[str, ...], added_words: tuple[str, ...] = (), **named_tokens):
-    """The tiny_models tokenizer with its own and the family's special tokens, all unsplittable."""
-    return _make_tokenizer(tuple(dict.fromkeys([*SPECIAL_TOKENS, *family_tokens])), added_words, **named_tokens)
+def _tokenizer(family_tokens: tuple[str, ...], **named_tokens):
+    """The tiny_models tokenizer with its own and the family's special tokens (all unsplittable) and the role words."""
+    return _make_tokenizer(tuple(dict.fromkeys([*SPECIAL_TOKENS, *family_tokens])), ROLE_WORDS, **named_tokens)
 
 
 def _ids(tokenizer, *tokens: str) -> list[int]:
@@ -243,7 +251,7 @@ def _build_gemma3(seed: int):
     )
 
     tokenizer = _tokenizer(
-        GEMMA_TOKENS, ("model",), bos_token="<bos>", eos_token="<end_of_turn>", pad_token="<pad>",
+        GEMMA_TOKENS, bos_token="<bos>", eos_token="<end_of_turn>", pad_token="<pad>",
         extra_special_tokens={"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>",
                               "image_token": "<image_soft_token>"},
     )

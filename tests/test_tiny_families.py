@@ -11,6 +11,9 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from csr_testing.tiny_families import FAMILIES, build_tiny_vlm, make_tiny_vlm
+from csr_testing.tiny_models import _make_tokenizer
+
+LLAVA_TOKENIZER = _make_tokenizer()
 
 SIZES = ((48, 40), (32, 80), (80, 32))  # PIL (width, height)
 QWEN_COUNTS = {(48, 40): 30, (32, 80): 40, (80, 32): 40}  # one token per 8x8 pixels after smart_resize
@@ -87,10 +90,24 @@ def test_the_tokenizer_keeps_special_tokens_whole_and_words_as_tiny_models(tiny)
     prompt = _prompt(processor)
     tokens = tokenizer.convert_ids_to_tokens(tokenizer(prompt, add_special_tokens=False)["input_ids"])
     assert tokenizer.unk_token not in tokens, tokens
-    assert ["describe", "this", "image", "."] == [t for t in tokens if t in ("describe", "this", "image", ".")]
     assert tokenizer.eos_token == TOKENIZER_EOS[family]
-    for special in tokenizer.all_special_tokens:
+    added = [str(token) for token in tokenizer.added_tokens_decoder.values()]
+    assert set(tokenizer.all_special_tokens) <= set(added)
+    for special in added:
         assert tokenizer.tokenize(special) == [special]
+        assert tokenizer.tokenize(f"a{special}dog.") == ["a", special, "dog", "."]
+    sentence = "There is a Dog on the grass. A man, near it, holds a red kite!"
+    assert tokenizer(sentence, add_special_tokens=False)["input_ids"] == LLAVA_TOKENIZER(sentence)["input_ids"]
+
+
+def test_gemma3_puts_a_system_message_at_the_start_of_the_first_user_turn():
+    _, processor = build_tiny_vlm("gemma3")
+    messages = [{"role": "system", "content": [{"type": "text", "text": "Answer yes or no."}]},
+                {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Is there a dog?"}]},
+                {"role": "assistant", "content": [{"type": "text", "text": "Yes."}]}]
+    assert processor.apply_chat_template(messages) == (
+        "<bos><start_of_turn>user\nAnswer yes or no.\n\n<start_of_image>Is there a dog?<end_of_turn>\n"
+        "<start_of_turn>model\nYes.<end_of_turn>\n")
 
 
 @pytest.mark.parametrize("size", SIZES)

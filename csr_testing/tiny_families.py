@@ -4,10 +4,12 @@
 out_dir)` saves both, so that `AutoProcessor` and `AutoModelForImageTextToText.from_pretrained(out_dir)` load them.
 `family` is a transformers `config.model_type`; "llava" is `tiny_models.make_tiny_llava`.
 
-Every family uses the word-level tokenizer of `tiny_models` (the same ids for the same words) plus the family's own
-special tokens, never split, and a simplified copy of the real chat template. Each text model has 2 layers of width 32,
-initializer_range 0.2 and a "." row of lm_head scaled by DOT_LOGIT_SCALE, as the tiny LLaVA. The image processors are
-shrunk but keep the family's resolution scheme, with at most about 40 image tokens per image:
+Every family uses the word-level tokenizer of `tiny_models` (a word has the same id in every family) plus the family's
+own special tokens, never split, and the role words "system" and "model"; llava and llava_next keep the tiny LLaVA
+tokenizer as it is. Chat templates are simplified copies of the real ones (Qwen2/2.5-VL's default system turn is left
+out, as Qwen3-VL's template does). Each text model has 2 layers of width 32, initializer_range 0.2 and a "." row of
+lm_head scaled by DOT_LOGIT_SCALE, as the tiny LLaVA. The image processors are shrunk but keep the family's
+resolution scheme, with at most about 40 image tokens per image:
 
 - qwen2_vl, qwen2_5_vl, qwen3_vl: dynamic resolution, 4-pixel patches merged 2x2 (one token per 8x8 pixels), between
   256 and 2560 pixels per image.
@@ -51,7 +53,7 @@ QWEN_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>"
                "<|video_pad|>")
 QWEN_PATCH, QWEN_MERGE = 4, 2
 QWEN_SIZE = {"shortest_edge": 256, "longest_edge": 2560}  # pixels: 4 to 40 tokens
-QWEN_MROPE_SECTION = [4, 2, 2]  # temporal, height, width halves of the 16-wide attention head
+QWEN_MROPE_SECTION = [4, 2, 2]  # rotary frequencies for time, height, width: the 8 of a 16-wide head
 
 GEMMA_TOKENS = ("<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>", "<start_of_image>", "<end_of_image>",
                 "<image_soft_token>")

@@ -16,6 +16,7 @@ import shutil
 import pytest
 import torch
 from PIL import Image
+from transformers import TrainerCallback
 
 from csr_core.adapters.vlm import VLMAdapter
 from csr_core.tree import PromptInput, SearchConfig, build_trees, tree_signature
@@ -121,3 +122,53 @@ def test_a_sliding_window_shorter_than_a_batch_lays_rows_out_without_holes(famil
             prompt = prompts[prompt_id]
             full = response_logprobs(vlm, prompt.image, prompt.instruction, paths[node.node_id])
             assert node.logprob_sum == pytest.approx(sum(full[len(full) - node.token_count :]), abs=1e-4)
+
+
+class _FirstBatch(TrainerCallback):
+    def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        self.batch = next(iter(train_dataloader))
+
+
+def _greedy(model, inputs):
+    with torch.inference_mode():
+        out = model.generate(**inputs, max_new_tokens=6, do_sample=False, output_logits=True,
+                             return_dict_in_generate=True)
+    return out.sequences[:, inputs["input_ids"].shape[1] :], torch.stack(out.logits)
+
+
+def test_one_dpo_step_trains_the_language_model_only_and_merges_into_a_reloadable_dir(family_dir, vlm, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from training.dpo import merge_adapter, train_dpo
+    from training.dpo_config import DPOConfig
+    from training.pairs import DPOExample
+
+    pairs = [DPOExample(_image(size, 30 + i), "<image>\nDescribe the image.", "a red dog.", "a cat on a bus.")
+             for i, size in enumerate(SIZES[:2])]
+    cfg = DPOConfig.world().with_overrides(batch_size=2, max_length=256, max_steps=1, learning_rate=1e-2,
+                                           lora_layers=(), save_steps=10)
+    grab = _FirstBatch()
+    trained = train_dpo(family_dir, pairs, cfg, tmp_path / "run", callbacks=[grab])
+    assert trained.steps == 1
+    for row, mask in zip(grab.batch["input_ids"], grab.batch["completion_mask"].bool()):
+        completion = row[mask].tolist()  # one end of turn, at the end (Qwen's template adds a newline after it)
+        ends = [i for i, token in enumerate(completion) if token in vlm.eos_ids]
+        assert len(ends) == 1 and ends[0] >= len(completion) - 2, completion
+
+    load = AutoModelForImageTextToText.from_pretrained
+    with_adapter = PeftModel.from_pretrained(load(family_dir), trained.adapter_dir).eval()
+    lora_modules = [name for name, _ in with_adapter.named_modules() if name.endswith("lora_A")]
+    assert lora_modules and all(f".{vlm.family.decoder_scope}." in name for name in lora_modules)
+    assert not [name for name in lora_modules if "vision" in name or "visual" in name]
+
+    merged_dir = merge_adapter(family_dir, trained.adapter_dir, tmp_path / "merged")
+    merged = load(merged_dir).eval()
+    assert type(AutoProcessor.from_pretrained(merged_dir)) is type(vlm.processor)
+    inputs = vlm.model_inputs([pairs[0].image, pairs[1].image], ["Describe the image.", "What is there?"])
+    merged_tokens, merged_logits = _greedy(merged, inputs)
+    adapter_tokens, adapter_logits = _greedy(with_adapter, inputs)
+    _, base_logits = _greedy(vlm.model, inputs)
+    assert merged_tokens.tolist() == adapter_tokens.tolist()
+    torch.testing.assert_close(merged_logits, adapter_logits, rtol=1e-4, atol=1e-5)
+    assert (merged_logits[0] - base_logits[0]).abs().max() > 1e-4  # the step changed the model

@@ -119,3 +119,52 @@ def test_csr_run_on_cuda_end_to_end(tiny_run):
     assert n_nodes > 0 and n_scored == n_nodes
     assert {r[0] for r in query_rows(db, "SELECT DISTINCT round FROM eval_results WHERE split = 'greedy'")} == {0, 1}
     assert query_rows(db, "SELECT count(*) FROM training_metrics WHERE name = 'loss'")[0][0] >= 1
+
+
+@pytest.fixture(scope="module")
+def qwen_dir(tmp_path_factory):
+    from csr_testing.tiny_families import make_tiny_vlm
+
+    return make_tiny_vlm("qwen2_5_vl", tmp_path_factory.mktemp("qwen2_5_vl"))
+
+
+def _sized_prompts():
+    sizes = ((48, 40), (32, 80), (80, 32))
+    return [PromptInput(f"p{i}", Image.new("RGB", size, COLOURS[i]), "<image>\nDescribe the image in detail.")
+            for i, size in enumerate(sizes)]
+
+
+def test_qwen2_5_vl_tree_on_cuda_matches_cpu_and_bfloat16_stays_close(qwen_dir):
+    from csr_testing.baselines import response_logprobs
+
+    prompts = _sized_prompts()
+    on_cpu = build_trees(VLMAdapter.from_pretrained(qwen_dir), prompts, SEARCH)
+    on_cuda = build_trees(VLMAdapter.from_pretrained(qwen_dir, device="cuda"), prompts, SEARCH)
+    for pid, nodes in on_cpu.items():
+        assert tree_signature(on_cuda[pid]) == tree_signature(nodes)
+    bf16 = VLMAdapter.from_pretrained(qwen_dir, device="cuda", dtype="bfloat16")
+    trees = build_trees(bf16, prompts, SEARCH)
+    for prompt in prompts:
+        paths = {}
+        for node in trees[prompt.prompt_id]:
+            paths[node.node_id] = (paths[node.parent_id] if node.parent_id is not None else ()) + node.token_ids
+            if node.node_id == 0:
+                continue
+            full = response_logprobs(bf16, prompt.image, prompt.instruction, paths[node.node_id])
+            assert node.logprob_sum == pytest.approx(sum(full[len(full) - node.token_count :]), abs=0.1)
+
+
+def test_qwen2_5_vl_bfloat16_dpo_on_cuda_merges_and_searches(qwen_dir, tmp_path):
+    from training.dpo import merge_adapter, train_dpo
+    from training.pairs import DPOExample
+
+    pairs = [DPOExample(p.image, p.instruction, "a red wall.", "a dog and a cat on a bus.") for p in _sized_prompts()]
+    cfg = DPOConfig.paper().with_overrides(device="cuda", bf16=True, max_steps=2, batch_size=2, learning_rate=1e-3,
+                                           save_steps=1, max_length=256)
+    result = train_dpo(qwen_dir, pairs, cfg, tmp_path / "dpo")
+    assert result.steps == 2
+    merged = merge_adapter(qwen_dir, result.adapter_dir, tmp_path / "merged")
+    vlm = VLMAdapter.from_pretrained(merged, device="cuda", dtype="bfloat16")
+    assert build_trees(vlm, _sized_prompts()[:1], SEARCH)["p0"]
+    (p_yes,) = vlm.yes_probability([pairs[0].image], ["Is there a dog?"])
+    assert math.isfinite(p_yes) and 0 < p_yes < 1

@@ -6,7 +6,7 @@ Every field is a plain JSON type so a config can be hashed into a stage key and 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from csr_core.metrics import POPE_SPLITS
 from csr_core.prompts import WHEN_EXHAUSTED
@@ -16,6 +16,8 @@ WORLD = "world"  # stands for "the miniature world's artifact" in path-like fiel
 
 DEVICES = ("auto", "cpu", "cuda")  # runtime.device and dpo.device
 DTYPES = ("float32", "bfloat16", "float16")
+COCO = "coco"  # eval.source: COCO's own annotation files (EvalConfig says how)
+CHAIR_MENTIONS = ("every", "unique")
 
 
 @dataclass(frozen=True)
@@ -68,8 +70,19 @@ class RelevanceConfig:
 class EvalConfig:
     """Held-out evaluation: CHAIR on descriptions (greedy and sampled), POPE, relevance.
 
-    `source` is "world" or a JSON file `[{"id", "image", "objects": [...], "theme"?}]` with images under
-    `image_dir` and an object vocabulary (`{canonical: [surface forms]}`) in `vocab`.
+    `source` is "world", "coco", or a JSON file `[{"id", "image", "objects": [...], "theme"?}]` with images
+    under `image_dir` and an object vocabulary (`{canonical: [surface forms]}`) in `vocab`.
+
+    `coco` reads COCO's own annotation files from `coco_dir` (`instances_<split>.json` and
+    `captions_<split>.json` of each of `coco_splits`, merged as the CHAIR tool merges them) and evaluates
+    `n_items` images of `coco_sample_split` drawn with `image_seed` (images under `image_dir`). An image's
+    ground truth is its segmentation labels plus the objects its reference captions name, through `vocab`
+    (default: the COCO synonym table shipped in csr_core/data/coco_synonyms.json). POPE questions come from
+    `pope_files` (`{split: question file}`, POPE's JSONL `{"question_id", "image", "text", "label"}`, images
+    under `pope_image_dir`, default `image_dir`) with any source, or else are built from the items: for COCO,
+    from the segmentation labels of `n_items` images with at least `pope_per_item` objects, as the POPE paper
+    builds them. `chair_mentions`: "every" counts each mention for CHAIR_I as the CHAIR tool does, "unique"
+    counts an object once per response.
     """
 
     source: str = WORLD
@@ -85,6 +98,13 @@ class EvalConfig:
     pope_expected: bool = True  # also POPE over the answer odds (metrics "expected_*"); greedy POPE always
     batch_size: int = 32
     seed: int = 0
+    coco_dir: str = ""
+    coco_splits: tuple[str, ...] = ("train2014", "val2014")
+    coco_sample_split: str = "val2014"
+    image_seed: int = 0
+    pope_files: dict[str, str] = field(default_factory=dict)
+    pope_image_dir: str = ""
+    chair_mentions: str = "every"
 
     def __post_init__(self):
         require(self.n_items > 0, "n_items", f"must be positive, got {self.n_items}")
@@ -94,6 +114,21 @@ class EvalConfig:
         bad = set(self.pope_splits) - set(POPE_SPLITS)
         require(not bad, "pope_splits", f"unknown split(s) {sorted(bad)}, known: {POPE_SPLITS}")
         require(self.pope_per_item >= 0, "pope_per_item", f"must be >= 0, got {self.pope_per_item}")
+        require(bool(self.source), "source", "must be 'world', 'coco' or a path to an eval JSON file")
+        require_choice(self.chair_mentions, "chair_mentions", CHAIR_MENTIONS)
+        require(bool(self.coco_splits), "coco_splits", "must name at least one split, e.g. [val2014]")
+        require(self.coco_sample_split in self.coco_splits, "coco_sample_split",
+                f"must be one of coco_splits {list(self.coco_splits)}, got {self.coco_sample_split!r}")
+        bad = set(self.pope_files) - set(POPE_SPLITS)
+        require(not bad, "pope_files", f"unknown split(s) {sorted(bad)}, known: {POPE_SPLITS}")
+        missing = [s for s in self.pope_splits if self.pope_per_item and not self.pope_files.get(s, "").strip()]
+        require(not self.pope_files or not missing, "pope_files",
+                f"no question file for split(s) {missing} of pope_splits {list(self.pope_splits)}: give one per "
+                "split, or narrow eval.pope_splits")
+
+    @property
+    def pope_from_files(self) -> bool:
+        return bool(self.pope_files) and bool(self.pope_per_item) and bool(self.pope_splits)
 
 
 @dataclass(frozen=True)

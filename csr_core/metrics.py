@@ -10,7 +10,7 @@ import random
 import re
 from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Literal
 
@@ -32,14 +32,27 @@ def plural_forms(word: str) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
+class Mention:
+    """One mention of an object in a text: the words as written (lower-cased) and the canonical object."""
+
+    word: str
+    object: str
+
+
+@dataclass(frozen=True)
 class ObjectVocab:
     """Canonical object name -> its surface forms (synonyms, plurals; multi-word forms allowed, e.g. "hot dog").
 
     The canonical name itself always counts as a form. Matching is case-insensitive on word boundaries and
     prefers the longest form, so "hot dog" is one mention of `hot dog`, not of `dog`.
+    `ignore` lists phrases that name no object but are matched as a whole, so that their words do not name
+    one ("train tracks" are no train). `drop_with` maps a form to forms whose presence in the same text
+    cancels it (COCO's CHAIR drops "seat" from a text that names a toilet).
     """
 
     synonyms: Mapping[str, tuple[str, ...]]
+    ignore: tuple[str, ...] = ()
+    drop_with: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         owner: dict[str, str] = {}
@@ -52,6 +65,18 @@ class ObjectVocab:
                     raise ValueError(f"synonyms[{name!r}]: empty surface form {form!r}")
                 if owner.setdefault(key, name) != name:
                     raise ValueError(f"synonyms: form {form!r} belongs to both {owner[key]!r} and {name!r}")
+        for phrase in self.ignore:
+            if not _normalise(phrase):
+                raise ValueError(f"ignore: empty phrase {phrase!r}")
+            if _normalise(phrase) in owner:
+                raise ValueError(f"ignore: {phrase!r} is a form of {owner[_normalise(phrase)]!r}")
+        known = set(owner) | {_normalise(p) for p in self.ignore}
+        for form, triggers in self.drop_with.items():
+            if _normalise(form) not in owner:
+                raise ValueError(f"drop_with: {form!r} is no object's form")
+            unknown = [t for t in triggers if _normalise(t) not in known]
+            if unknown:
+                raise ValueError(f"drop_with[{form!r}]: {unknown[0]!r} is no form of the vocabulary")
 
     @classmethod
     def from_names(
@@ -74,9 +99,19 @@ class ObjectVocab:
     def objects(self) -> tuple[str, ...]:
         return tuple(self.synonyms)
 
+    def canonical(self, form: str) -> str | None:
+        """The object a surface form names (None for a phrase in `ignore` or a word no form matches)."""
+        return self._form_to_object.get(_normalise(form))
+
     @cached_property
-    def _form_to_object(self) -> dict[str, str]:
-        return {_normalise(f): name for name, forms in self.synonyms.items() for f in (name, *forms)}
+    def _form_to_object(self) -> dict[str, str | None]:
+        table: dict[str, str | None] = {_normalise(p): None for p in self.ignore}
+        table.update({_normalise(f): name for name, forms in self.synonyms.items() for f in (name, *forms)})
+        return table
+
+    @cached_property
+    def _drops(self) -> dict[str, frozenset[str]]:
+        return {_normalise(f): frozenset(_normalise(t) for t in ts) for f, ts in self.drop_with.items()}
 
     @cached_property
     def _pattern(self) -> re.Pattern[str]:
@@ -84,10 +119,16 @@ class ObjectVocab:
         alternation = "|".join(re.escape(f).replace(r"\ ", r"\s+") for f in forms)
         return re.compile(rf"(?<![\w-])(?:{alternation})(?![\w-])", re.IGNORECASE)
 
+    def mention_list(self, text: str) -> list[Mention]:
+        """Every object mention in `text`, in order, repeats included (as the CHAIR tool counts them)."""
+        found = [_normalise(m.group(0)) for m in self._pattern.finditer(text)]
+        present = set(found)
+        return [Mention(word, obj) for word in found
+                if (obj := self._form_to_object[word]) is not None and not self._drops.get(word, set()) & present]
+
     def mentions(self, text: str) -> list[str]:
         """Canonical objects named in `text`, in order of first mention, deduplicated."""
-        found = (self._form_to_object[_normalise(m.group(0))] for m in self._pattern.finditer(text))
-        return list(dict.fromkeys(found))
+        return list(dict.fromkeys(m.object for m in self.mention_list(text)))
 
 
 def _normalise(form: str) -> str:
@@ -122,28 +163,72 @@ def hallucinated_objects(response: str, truth: Collection[str], vocab: ObjectVoc
     return [obj for obj in vocab.mentions(response) if obj not in present]
 
 
-def chair(responses: Sequence[str], truths: Sequence[Collection[str]], vocab: ObjectVocab) -> ChairResult:
+@dataclass(frozen=True)
+class ResponseChair:
+    """CHAIR of one response, as the CHAIR tool reports it per caption.
+
+    mentioned: the objects it names, in order; hallucinated: those not in the image; words: the words that
+    named the hallucinated ones. With `every_mention` repeats are kept (each mention counts), else each object
+    appears once. chair_s is 1.0 when anything is hallucinated; chair_i = hallucinated / mentioned (0.0 for
+    none); recall = named present objects / present objects (0.0 for an image without objects).
+    """
+
+    mentioned: tuple[str, ...]
+    hallucinated: tuple[str, ...]
+    words: tuple[str, ...]
+    n_present: int
+    n_present_named: int
+
+    @property
+    def chair_s(self) -> float:
+        return float(bool(self.hallucinated))
+
+    @property
+    def chair_i(self) -> float:
+        return _ratio(len(self.hallucinated), len(self.mentioned))
+
+    @property
+    def recall(self) -> float:
+        return _ratio(self.n_present_named, self.n_present)
+
+
+def response_chair(response: str, truth: Collection[str], vocab: ObjectVocab, every_mention: bool = False
+                   ) -> ResponseChair:
+    present = set(truth)
+    found = vocab.mention_list(response)
+    if not every_mention:
+        first: dict[str, Mention] = {}
+        for mention in found:
+            first.setdefault(mention.object, mention)
+        found = list(first.values())
+    bad = [m for m in found if m.object not in present]
+    return ResponseChair(tuple(m.object for m in found), tuple(m.object for m in bad), tuple(m.word for m in bad),
+                         len(present), len(present.intersection(m.object for m in found)))
+
+
+def chair(responses: Sequence[str], truths: Sequence[Collection[str]], vocab: ObjectVocab,
+          every_mention: bool = False) -> ChairResult:
     """CHAIR_S and CHAIR_I (Rohrbach et al. 2018) and object recall.
 
-    Unlike Rohrbach's script, an object repeated within one response counts once (mentions are deduplicated);
-    the two agree whenever responses do not repeat objects. Ratios with an empty denominator are 0.0.
+    By default an object repeated within one response counts once (mentions are deduplicated); with
+    `every_mention` each mention counts, as Rohrbach's script counts them for CHAIR_I. The two agree whenever
+    responses do not repeat objects. Ratios with an empty denominator are 0.0.
     """
     _check_same_length(responses=responses, truths=truths)
-    n_mentions = n_hallucinated = n_bad_responses = n_present = n_present_named = 0
-    for response, truth in zip(responses, truths):
-        named = vocab.mentions(response)
-        present = set(truth)
-        bad = [obj for obj in named if obj not in present]
-        n_mentions += len(named)
-        n_hallucinated += len(bad)
-        n_bad_responses += bool(bad)
-        n_present += len(present)
-        n_present_named += len(present.intersection(named))
+    return chair_of([response_chair(r, t, vocab, every_mention) for r, t in zip(responses, truths)])
+
+
+def chair_of(per_response: Sequence[ResponseChair]) -> ChairResult:
+    """CHAIR over responses from their per-response counts."""
+    n_mentions = sum(len(r.mentioned) for r in per_response)
+    n_hallucinated = sum(len(r.hallucinated) for r in per_response)
+    n_present = sum(r.n_present for r in per_response)
+    n_present_named = sum(r.n_present_named for r in per_response)
     return ChairResult(
-        chair_s=_ratio(n_bad_responses, len(responses)),
+        chair_s=_ratio(sum(bool(r.hallucinated) for r in per_response), len(per_response)),
         chair_i=_ratio(n_hallucinated, n_mentions),
         recall=_ratio(n_present_named, n_present),
-        n_responses=len(responses),
+        n_responses=len(per_response),
         n_mentions=n_mentions,
         n_hallucinated=n_hallucinated,
         n_present=n_present,
@@ -305,11 +390,18 @@ class PopeItem:
 
 @dataclass(frozen=True)
 class PopeQuestion:
+    """A POPE question: built from an item's objects (`object` set), or read from a question file
+    (`question` and `question_id` as the file has them; `object` may be empty)."""
+
     item_id: str
     object: str
     label: bool  # True: the object is in the image
+    question: str = ""
+    question_id: str = ""
 
     def text(self, template: str = "Is there {article} {object} in the image?") -> str:
+        if self.question:
+            return self.question
         article = "an" if self.object[:1].lower() in "aeiou" else "a"
         return template.format(article=article, object=self.object)
 

@@ -132,6 +132,11 @@ def _coerce(name: str, value: Any, kind: Any) -> Any:
             value = [value]
         (item_kind, *_rest) = typing.get_args(kind) or (Any,)
         return tuple(_coerce(name, v, item_kind) for v in value)
+    if origin is dict:  # e.g. eval.pope_files: {random: FILE, ...}
+        if not isinstance(value, dict):
+            raise ConfigError(name, f"must be a mapping such as {{key: value}}, got {value!r}")
+        key_kind, value_kind = typing.get_args(kind) or (Any, Any)
+        return {_coerce(name, k, key_kind): _coerce(f"{name}.{k}", v, value_kind) for k, v in value.items()}
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
         if value is None and type(None) in typing.get_args(kind):
             return None

@@ -8,10 +8,11 @@ from pathlib import Path
 
 from csr_core.adapters.families import family_for, model_type_of
 from csr_core.adapters.relevance_dirs import OPEN_CLIP, UnknownScorerDirError, scorer_kind
-from csr_core.config import WORLD
+from csr_core.config import COCO, WORLD
 from csr_core.prompts import parse_pool
 from csr_core.validation import ConfigError
 from flows.config import RunConfig
+from tasks.benchmarks import check_benchmark_files, vocab_file
 from tasks.prompts import read_prompt_file
 from tasks.world import CLIP_DIR, VLM_DIR
 from training.dpo_config import num_decoder_layers
@@ -39,7 +40,7 @@ def resolve_inputs(cfg: RunConfig) -> Inputs:
         scorer_dir=str(world / CLIP_DIR) if cfg.relevance.model_dir == WORLD else cfg.relevance.model_dir,
         eval_file=str(world / "eval.json") if cfg.eval.source == WORLD else cfg.eval.source,
         eval_images=images if cfg.eval.source == WORLD else (cfg.eval.image_dir or str(Path(cfg.eval.source).parent)),
-        vocab_file=str(world / "vocab.json") if cfg.eval.source == WORLD else cfg.eval.vocab,
+        vocab_file=str(world / "vocab.json") if cfg.eval.source == WORLD else vocab_file(cfg.eval),
     )
 
 
@@ -56,12 +57,14 @@ def check_user_inputs(cfg: RunConfig, *, need_eval: bool = True) -> Inputs:
         (cfg.prompts.source != WORLD, inputs.pool_images, "prompts.image_dir", Path.is_dir),
         (cfg.model.path != WORLD, inputs.model_dir, "model.path", Path.is_dir),
         (cfg.relevance.model_dir != WORLD, inputs.scorer_dir, "relevance.model_dir", Path.is_dir),
-        (need_eval and cfg.eval.source != WORLD, inputs.eval_file, "eval.source", Path.is_file),
+        (need_eval and cfg.eval.source not in (WORLD, COCO), inputs.eval_file, "eval.source", Path.is_file),
         (need_eval and cfg.eval.source != WORLD, inputs.vocab_file, "eval.vocab", Path.is_file),
     ]
     for applies, path, name, exists in checks:
         if applies and not exists(Path(path)):
             raise ConfigError(name, f"not found: {path or '(empty)'}")
+    if need_eval:  # COCO's files there, POPE's question files line by line, the vocabulary
+        check_benchmark_files(cfg.eval, inputs.vocab_file if cfg.eval.source != WORLD else "", inputs.eval_images)
     if cfg.prompts.source != WORLD:
         read_prompt_file(inputs.pool_file)  # UTF-8 JSON, a list, a valid row at least
     _check_lora_layers(cfg, inputs.model_dir)  # needs only config.json, so it may come first

@@ -12,6 +12,7 @@ from csr_core.config import WORLD
 from flows.config import RunConfig, given_or_loaded
 from flows.inputs import Inputs, check_rounds_fit, check_user_inputs
 from flows.publish import publish_report
+from tasks.benchmarks import build_eval_set, uses_eval_set
 from tasks.calibrate import calibrate_select, pair_accuracy
 from tasks.common import model_fingerprint
 from tasks.dpo import dpo_finetune
@@ -96,11 +97,18 @@ def policy_for_round(cfg: RunConfig, inputs: Inputs, round_: int) -> Policy:
 
 
 def prepare(cfg: RunConfig) -> Inputs:
-    """Check the user's inputs and build the miniature world's when the config uses them."""
+    """Check the user's inputs and build the miniature world's when the config uses them; read and store a
+    benchmark's sample (COCO, POPE question files), so that bad annotations stop the run before any model work."""
     inputs = check_user_inputs(cfg)
     if cfg.uses_world:
         build_world(cfg, everything=False)
+    eval_set(cfg, inputs)
     return inputs
+
+
+def eval_set(cfg: RunConfig, inputs: Inputs) -> str | None:
+    """The stored benchmark sample the evaluations read (a cache hit once built), or None for an eval JSON."""
+    return build_eval_set(cfg.db, cfg.eval, inputs.vocab_file) if uses_eval_set(cfg.eval) else None
 
 
 def candidates(cfg: RunConfig, inputs: Inputs, policy: Policy, round_: int) -> dict[str, str]:
@@ -117,4 +125,4 @@ def candidates(cfg: RunConfig, inputs: Inputs, policy: Policy, round_: int) -> d
 def evaluate_policy(cfg: RunConfig, inputs: Inputs, policy: Policy, round_: int) -> str:
     return evaluate(cfg.db, cfg.eval, cfg.model, cfg.runtime, policy.key, policy.path,
                     model_fingerprint(inputs.scorer_dir), inputs.scorer_dir, inputs.eval_file, inputs.eval_images,
-                    inputs.vocab_file, round_)
+                    inputs.vocab_file, round_, eval_set(cfg, inputs))

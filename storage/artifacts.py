@@ -215,10 +215,33 @@ def write_training_run(store: Store, key: str, record: dict) -> None:
 
 # -- evaluation ------------------------------------------------------------------------------
 def write_eval(store: Store, key: str, results: pd.DataFrame, responses: pd.DataFrame,
-               failed: dict[str, str] | None = None) -> None:
-    """An evaluation's metrics and responses, and the items left out (`stage_items`, status failed)."""
+               failed: dict[str, str] | None = None, items: pd.DataFrame | None = None) -> None:
+    """An evaluation's metrics and responses, the items it described (`eval_items`, role describe), and the
+    items left out (`stage_items`, status failed)."""
     with store.transaction() as con:
         replace_slice(con, "eval_results", results.assign(stage_key=key), {"stage_key": key})
         replace_slice(con, "eval_responses", responses.assign(stage_key=key), {"stage_key": key})
+        replace_slice(con, "eval_items", _with_key(items, key), {"stage_key": key})
         con.execute("DELETE FROM stage_items WHERE stage_key = ?", [key])
         record_items(con, key, [], failed or {})
+
+
+def write_eval_set(store: Store, key: str, items: pd.DataFrame, questions: pd.DataFrame) -> None:
+    """A benchmark's exact sample: its items (`eval_items`) and POPE questions (`eval_questions`)."""
+    with store.transaction() as con:
+        replace_slice(con, "eval_items", _with_key(items, key), {"stage_key": key})
+        replace_slice(con, "eval_questions", _with_key(questions, key), {"stage_key": key})
+
+
+def read_eval_items(store: Store, key: str, role: str = "describe") -> pd.DataFrame:
+    return store.df("SELECT item_id, image, objects FROM eval_items WHERE stage_key = ? AND role = ? "
+                    "ORDER BY position", [key, role])
+
+
+def read_eval_questions(store: Store, key: str) -> pd.DataFrame:
+    return store.df("SELECT split, question_id, item_id, image, question, object, label FROM eval_questions "
+                    "WHERE stage_key = ? ORDER BY split, position", [key])
+
+
+def _with_key(frame: pd.DataFrame | None, key: str) -> pd.DataFrame:
+    return frame.assign(stage_key=key) if frame is not None and not frame.empty else pd.DataFrame()

@@ -35,3 +35,14 @@ CREATE OR REPLACE VIEW lineage_v AS
 SELECT m.round, m.model_key, m.path, m.parent_key, parent.path AS parent_path, m.pairs_key,
        (SELECT count(*) FROM preference_pairs pp WHERE pp.stage_key = m.pairs_key) AS n_pairs
 FROM models m LEFT JOIN models parent ON parent.model_key = m.parent_key;
+
+-- CHAIR per described image, as the CHAIR tool reports it per caption: CHAIR_S (0/1), CHAIR_I, recall and the
+-- hallucinated objects with the words that named them (eval.chair_mentions says whether repeats count).
+CREATE OR REPLACE VIEW eval_chair_v AS
+SELECT r.stage_key, e.round, r.model_key, substr(r.task, 10) AS split, r.item_id, r.image, r.sample,
+       CASE WHEN len(r.hallucinated) > 0 THEN 1.0 ELSE 0.0 END AS chair_s,
+       CASE WHEN len(r.mentioned) > 0 THEN len(r.hallucinated) / len(r.mentioned) ELSE 0.0 END AS chair_i,
+       r.recall, r.mentioned, r.hallucinated, r.hallucinated_words, r.response
+FROM eval_responses r
+JOIN (SELECT DISTINCT stage_key, round FROM eval_results) e ON e.stage_key = r.stage_key
+WHERE r.task LIKE 'describe_%' AND r.mentioned IS NOT NULL;

@@ -168,7 +168,8 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-PATH_FIELDS = ("source", "image_dir", "vocab")  # where a stage's files are: never part of its key
+# Where a stage's files are: never part of its key (their content is).
+PATH_FIELDS = ("source", "image_dir", "vocab", "coco_dir", "pope_files", "pope_image_dir")
 
 
 def without_paths(config) -> dict:

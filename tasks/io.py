@@ -55,8 +55,18 @@ def load_images(prompts: pd.DataFrame, chunk: list[str]) -> tuple[dict[str, Imag
 
 
 def load_vocab(path: str) -> ObjectVocab:
-    data = json.loads(Path(path).read_text())
-    return ObjectVocab({name: tuple(forms) for name, forms in data.items()})
+    """An object vocabulary file: `{canonical: [surface forms]}`, or `{"objects": {canonical: [forms]},
+    "ignore": [phrases], "drop_with": {form: [forms]}}` (the COCO table's layout, csr_core/data/coco_synonyms.json).
+    """
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        if isinstance(data, dict) and isinstance(data.get("objects"), dict):
+            return ObjectVocab({name: tuple(forms) for name, forms in data["objects"].items()},
+                               tuple(data.get("ignore", ())),
+                               {form: tuple(triggers) for form, triggers in data.get("drop_with", {}).items()})
+        return ObjectVocab({name: tuple(forms) for name, forms in data.items()})
+    except (ValueError, AttributeError, TypeError) as error:  # JSON, layout, or a form owned twice
+        raise ValueError(f"object vocabulary {path}: {error}") from None
 
 
 def pool_truth(pool_file: str) -> dict[str, list[str]]:
@@ -78,7 +88,7 @@ def load_eval_items(source: str, image_dir: str, n_items: int) -> tuple[list[Eva
             failed[str(row["id"])] = f"cannot read image {path}: {type(exc).__name__}: {exc}"
             continue
         items.append(EvalItem(str(row["id"]), image, frozenset(row["objects"]),
-                              frozenset(row.get("theme_objects", ()))))
+                              frozenset(row.get("theme_objects", ())), image_name=str(row["image"])))
     return items, failed
 
 

@@ -172,3 +172,14 @@ def test_one_dpo_step_trains_the_language_model_only_and_merges_into_a_reloadabl
     assert merged_tokens.tolist() == adapter_tokens.tolist()
     torch.testing.assert_close(merged_logits, adapter_logits, rtol=1e-4, atol=1e-5)
     assert (merged_logits[0] - base_logits[0]).abs().max() > 1e-4  # the step changed the model
+
+
+@pytest.mark.parametrize("preset", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "gemma3", "llava_next", "llava_onevision",
+                                    "smolvlm"])
+def test_each_family_preset_layers_over_the_paper_preset(preset):
+    from flows.config import CONFIG_DIR, load_config
+
+    cfg = load_config([CONFIG_DIR / "paper.yaml", CONFIG_DIR / f"{preset}.yaml"])
+    paper = load_config([CONFIG_DIR / "paper.yaml"])
+    assert cfg.model.path != paper.model.path and cfg.dpo.max_length >= paper.dpo.max_length
+    assert (cfg.search.num_token_beams, cfg.reward.lam, cfg.dpo.lora_r) == (5, 0.9, 128)  # the paper's, kept

@@ -70,9 +70,18 @@ def check_user_inputs(cfg: RunConfig, *, need_eval: bool = True) -> Inputs:
     _check_lora_layers(cfg, inputs.model_dir)  # needs only config.json, so it may come first
     if cfg.model.path != WORLD:
         check_vlm_dir(Path(inputs.model_dir), "model.path")
+        _check_image_conditioning(cfg, inputs.model_dir)
     if cfg.relevance.model_dir != WORLD:
         check_relevance_dir(Path(inputs.scorer_dir), "relevance.model_dir")
     return inputs
+
+
+def _check_image_conditioning(cfg: RunConfig, model_dir: str) -> None:
+    """mDPO's terms corrupt one `pixel_values` tensor per batch: only LLaVA-1.5's processor gives just that."""
+    model_type = model_type_of(model_dir)
+    if cfg.dpo.image_conditioned and model_type != "llava":
+        raise ConfigError("dpo.image_condition_weight", f"mDPO's terms support LLaVA-1.5 only, and {model_dir} is "
+                          f"{model_type}; set dpo.image_condition_weight=0 and dpo.anchor_weight=0")
 
 
 def check_rounds_fit(cfg: RunConfig, inputs: Inputs, rounds: int) -> None:

@@ -183,3 +183,19 @@ def test_each_family_preset_layers_over_the_paper_preset(preset):
     paper = load_config([CONFIG_DIR / "paper.yaml"])
     assert cfg.model.path != paper.model.path and cfg.dpo.max_length >= paper.dpo.max_length
     assert (cfg.search.num_token_beams, cfg.reward.lam, cfg.dpo.lora_r) == (5, 0.9, 128)  # the paper's, kept
+
+
+def test_mdpo_terms_on_another_family_are_refused_before_any_work(tmp_path, capsys):
+    from csr_testing.tiny_models import make_tiny_clip
+    from flows.cli import main
+
+    model = make_tiny_vlm("qwen2_5_vl", tmp_path / "qwen")
+    clip = make_tiny_clip(tmp_path / "clip")
+    capsys.readouterr()
+    db = tmp_path / "never.duckdb"
+    code = main(["run", "--db", str(db), "--set", f"model.path={model}", "--set", "dpo.image_condition_weight=1",
+                 "--set", f"relevance.model_dir={clip}"])
+    assert code == 2 and not db.exists()
+    assert capsys.readouterr().err.strip() == (
+        f"csr: error: dpo.image_condition_weight: mDPO's terms support LLaVA-1.5 only, and {model} is qwen2_5_vl; "
+        "set dpo.image_condition_weight=0 and dpo.anchor_weight=0")

@@ -19,6 +19,7 @@ EXAMPLES = """examples:
   csr sweep --lam 0,0.5,0.9 --controls random,oracle --seeds 0,1,2
   csr report --out ./csr_report            # report.md with tables and plots
   csr export --format trl --out pairs.parquet
+  csr export --format pope-answers --out answers/   # also chair-captions: files the reference scripts read
   csr sql "SELECT round, count(*) FROM preference_pairs_v GROUP BY round"
   csr status
 """
@@ -130,11 +131,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "report.html (default md)")
     report.add_argument("--db", default="./csr.duckdb", help="DuckDB file (default ./csr.duckdb)")
 
-    export = _command(commands, "export", cmd_export, "write stored preference pairs as a dataset")
-    export.add_argument("--format", choices=["trl"], default="trl", help="trl: Parquet with images, prompt, "
-                        "chosen, rejected (TRL's vision preference format)")
-    export.add_argument("--out", required=True, help="output file, e.g. pairs.parquet")
+    export = _command(commands, "export", cmd_export, "write stored preference pairs as a dataset, or evaluation "
+                      "answers as the POPE and CHAIR reference scripts read them")
+    export.add_argument("--format", choices=["trl", "pope-answers", "chair-captions"], default="trl",
+                        help="trl: Parquet with images, prompt, chosen, rejected (TRL's vision preference format); "
+                        "pope-answers: per model and split, answer and question JSONL for POPE's evaluate.py; "
+                        "chair-captions: per model and split, caption JSONL for the CHAIR tool (default trl)")
+    export.add_argument("--out", required=True, help="output file (trl), e.g. pairs.parquet, or folder (answers)")
     export.add_argument("--pairs", help="pairs stage key (default: the newest)")
+    export.add_argument("--eval", action="append", dest="evals", metavar="KEY",
+                        help="answers: this evaluate stage key (repeatable; default: each model's newest)")
     export.add_argument("--db", default="./csr.duckdb", help="DuckDB file (default ./csr.duckdb)")
 
     sql = _command(commands, "sql", cmd_sql, "run a read-only SQL query on the artifact store")
@@ -290,8 +296,14 @@ def cmd_report(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from flows.export import export_pairs
+    from flows.export import ANSWER_FORMATS, export_answers, export_pairs
 
+    if args.format in ANSWER_FORMATS:
+        written = export_answers(args.db, args.out, args.format, args.evals)
+        for entry in written.evaluations:
+            print(f"round {entry['round']} {entry['model_key']} ({entry['eval_key']}): {len(entry['files'])} files")
+        print(f"{args.format} written to {written.out_dir}; list in {written.manifest}")
+        return 0
     done = export_pairs(args.db, args.out, args.pairs, args.format)
     print(f"{done.n_pairs} pairs of {done.pairs_key} written to {done.path}")
     return 0

@@ -131,3 +131,28 @@ def accuracy_of(store: Store, accuracy_keys: list[str]) -> pd.DataFrame:
     return store.df("SELECT stage_key AS accuracy_key, value AS accuracy FROM eval_results "
                     "WHERE stage_key IN (SELECT unnest(?)) AND split = 'pairs' AND metric = 'accuracy'",
                     [accuracy_keys])
+
+
+def evaluations(store: Store, eval_keys: list[str] | None = None) -> pd.DataFrame:
+    """Complete evaluate stages with their model, round and model path, oldest first (`eval_keys`: only those)."""
+    sql = ("SELECT s.stage_key AS eval_key, json_extract_string(s.upstream, '$.model') AS model_key, "
+           "  (SELECT min(e.round) FROM eval_results e WHERE e.stage_key = s.stage_key) AS round, "
+           "  m.path AS model_path, s.ended_at FROM stages s "
+           "LEFT JOIN models m ON m.model_key = json_extract_string(s.upstream, '$.model') "
+           "WHERE s.stage = 'evaluate' AND s.status = 'complete'")
+    params: list = []
+    if eval_keys is not None:
+        sql += " AND s.stage_key IN (SELECT unnest(?))"
+        params.append(list(eval_keys))
+    return store.df(sql + " ORDER BY s.ended_at, s.stage_key", params)
+
+
+def eval_answers(store: Store, eval_key: str, task: str) -> pd.DataFrame:
+    """An evaluation's responses of one task (describe_greedy, pope_random, ...) in their stored order."""
+    return store.df("SELECT item_id, image, sample, position, question_id, question, label, response "
+                    "FROM eval_responses WHERE stage_key = ? AND task = ? ORDER BY position, sample", [eval_key, task])
+
+
+def eval_tasks(store: Store, eval_key: str) -> list[str]:
+    return [r[0] for r in store.rows("SELECT DISTINCT task FROM eval_responses WHERE stage_key = ? ORDER BY task",
+                                     [eval_key])]

@@ -44,6 +44,23 @@ def test_a_version_1_database_gains_pope_odds_and_keeps_its_rows(tmp_path):
     assert store.rows("SELECT response, p_yes FROM eval_responses") == [("Yes.", None)]
 
 
+def test_a_version_4_database_gains_the_benchmark_tables_and_columns_and_keeps_its_rows(tmp_path):
+    path = tmp_path / "v4.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at TIMESTAMP)")
+    for version, sql in enumerate(sorted((ROOT / "storage" / "migrations").glob("00[1-4]_*.sql")), 1):
+        con.execute(sql.read_text())
+        con.execute("INSERT INTO schema_version VALUES (?, now())", [version])
+    con.execute("INSERT INTO eval_responses VALUES ('e', 'm', 'i', 'describe_greedy', 0, NULL, NULL, 'A dog.', NULL)")
+    con.close()
+    store = Store(path)
+    assert store.scalar("SELECT max(version) FROM schema_version") == SCHEMA_VERSION == 5
+    assert store.rows("SELECT response, position, image, mentioned, hallucinated, recall FROM eval_responses") == [
+        ("A dog.", None, None, None, None, None)]
+    assert store.scalar("SELECT count(*) FROM eval_items") == store.scalar("SELECT count(*) FROM eval_questions") == 0
+    assert store.scalar("SELECT count(*) FROM eval_chair_v") == 0  # a row without CHAIR details is left out
+
+
 def test_item_writes_replace_their_slice_and_record_progress(tmp_path):
     store = Store(tmp_path / "a.duckdb")
     stages.begin_stage(store, "generate_candidates", "k1", {"a": 1}, {}, n_items=3)

@@ -138,3 +138,49 @@ def test_a_question_about_an_image_the_annotations_lack_stops_before_any_model_l
     close_all()
     assert counter.calls == {"vlm": 0, "clip": 0}
     assert query_rows(tiny_run["db"], "SELECT count(*) FROM stages WHERE stage = 'evaluate'") == [(0,)]
+
+
+def test_csr_run_with_the_paper_config_evaluates_coco_chair_and_pope_question_files(tmp_path, prefect_harness,
+                                                                                     capsys):
+    """The paper config (500-image protocol, its prompt, 512 new tokens) on a tiny LLaVA-1.5 dir and COCO-format
+    files: the sample takes every val2014 image there is, POPE reads its question files, and export writes them."""
+    from PIL import Image
+
+    from csr_testing.tiny_models import make_tiny_clip, make_tiny_llava
+
+    images, coco = tmp_path / "val2014", tmp_path / "annotations"
+    images.mkdir()
+    names = [f"COCO_val2014_{i:012d}.jpg" for i in range(1, 5)]
+    for i, name in enumerate(names):
+        Image.new("RGB", (40 + 8 * i, 32), (60 * i, 90, 200 - 40 * i)).save(images / name)
+    cats = {1: "person", 18: "dog", 62: "chair", 67: "dining table"}
+    write_coco(coco, "val2014", list(enumerate(names, 1)), cats, [(1, 1), (1, 18), (2, 62), (3, 67), (4, 18)],
+               [(1, "A man and his dog."), (2, "A chair by a table."), (4, "A puppy.")])
+    write_coco(coco, "train2014", [(10, "COCO_train2014_000000000010.jpg")], cats, [(10, 1)], [])
+    pope = {split: write_pope_file(tmp_path / f"coco_pope_{split}.json", [
+        ("1", names[0], "Is there a dog in the image?", True), ("2", names[0], "Is there a chair?", False),
+        ("3", names[3], "Is there a dog in the image?", True), ("4", names[2], "Is there a person?", False)])
+        for split in ("random", "popular", "adversarial")}
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps([{"id": "p1", "image": names[0], "input": "<image>\nDescribe."}]))
+    db, out = tmp_path / "csr.duckdb", tmp_path / "answers"
+    files = "{" + ", ".join(f"{s}: {p}" for s, p in pope.items()) + "}"
+    args = ["--config", str(ROOT / "configs" / "paper.yaml"), "--db", str(db), "--data-dir", str(tmp_path / "data"),
+            "--rounds", "0", "--set", f"model.path={make_tiny_llava(tmp_path / 'llava')}",
+            "--set", "model.dtype=float32",
+            "--set", f"relevance.model_dir={make_tiny_clip(tmp_path / 'clip')}", "--set", "runtime.device=cpu",
+            "--set", f"prompts.source={prompts}", "--set", f"prompts.image_dir={images}",
+            "--set", f"eval.coco_dir={coco}", "--set", f"eval.image_dir={images}", "--set", f"eval.pope_files={files}"]
+    assert csr(["run", *args]) == 0, capsys.readouterr().err
+    (key, config), = query_rows(db, "SELECT stage_key, CAST(config AS VARCHAR) FROM stages WHERE stage = 'evaluate'")
+    config = json.loads(config)["eval"]
+    assert (config["n_items"], config["max_new_tokens"], config["instruction"], config["chair_mentions"]) == (
+        500, 512, "Please describe this image in detail.", "every")
+    assert query_rows(db, "SELECT item_id, objects FROM eval_items WHERE stage_key = ? ORDER BY position", [key]) == [
+        ("1", ["dog", "person"]), ("2", ["chair", "dining table"]), ("3", ["dining table"]), ("4", ["dog"])]
+    counts = dict(query_rows(db, "SELECT task, count(*) FROM eval_responses WHERE stage_key = ? GROUP BY 1", [key]))
+    assert counts == {"describe_greedy": 4, "pope_random": 4, "pope_popular": 4, "pope_adversarial": 4}
+    assert csr(["export", "--format", "pope-answers", "--out", str(out), "--db", str(db)]) == 0
+    (folder,) = [p for p in out.iterdir() if p.is_dir()]
+    assert (folder / "pope_adversarial_questions.jsonl").read_text() == pope["adversarial"].read_text()
+    assert [a["question_id"] for a in _jsonl(folder / "pope_random_answers.jsonl")] == [1, 2, 3, 4]

@@ -1,11 +1,14 @@
 """Sentence-tree building speed: csr's batched search vs one `model.generate` call per node (the paper's code).
 
 Both build the same trees (diversity off, one beam group, so transformers can run the baseline) with the same
-tree code; only the node expansion differs. Prints nodes per second for each and the ratio.
+tree code; only the node expansion differs. Prints nodes per second for each and the ratio. `--engine` picks csr's
+batch: `node` (`NodeBatch`, every row with its own prefix copy) or `shared` (`tree_attention.PrefixSharedBatch`,
+prefixes stored once per prompt); `--engine node shared` times both.
 
     python bench/tree_search.py                      # tiny LLaVA built from config
     python bench/tree_search.py --model-dir <data-dir>/world/models/vlm-base --threads 2
     python bench/tree_search.py --shape llava-1.5-7b --device cuda --dtype bfloat16   # random weights, on a GPU
+    python bench/tree_search.py --engine node shared
 """
 
 from __future__ import annotations
@@ -23,11 +26,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 from shapes import LLAVA_SHAPES, llava_15_7b
 
+from csr_core.adapters.tree_attention import SharedPrefixAdapter
 from csr_core.adapters.vlm import VLMAdapter
 from csr_core.tree import PromptInput, SearchConfig, build_trees, tree_signature
 from csr_testing.baselines import PerNodeGenerate
 
 DATASET = ROOT.parent / "shared" / "data" / "CSR-Prompt-Dataset-12k.json"
+ENGINES = {"node": VLMAdapter, "shared": SharedPrefixAdapter}
 FALLBACK_INSTRUCTIONS = ["Describe this image in detail.\n<image>", "<image>\nWhat is happening in this picture?"]
 
 
@@ -67,6 +72,8 @@ def main() -> None:
     parser.add_argument("--paper-search", action="store_true",
                         help="csr alone with the paper's 5 beams in 5 diverse groups (transformers has no baseline)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--engine", nargs="+", choices=ENGINES, default=["node"],
+                        help="csr's batch: node, shared, or both")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -86,18 +93,26 @@ def main() -> None:
         max_new_tokens=args.max_new_tokens, max_depth=args.max_depth, max_response_tokens=args.max_response_tokens,
     )
     prompts = load_prompts(args.num_prompts, args.seed)
-    build_trees(vlm, prompts[:1], SearchConfig(**{**cfg.__dict__, "max_depth": 1}))  # warm-up
+    warm_up = SearchConfig(**{**cfg.__dict__, "max_depth": 1})
 
-    ours, n_ours, t_ours = timed_build(vlm, prompts, cfg)
     print(f"model: {model_dir}  prompts: {len(prompts)}  threads: {args.threads}  cfg: {cfg}")
-    print(f"csr batched : {n_ours} nodes in {t_ours:.2f}s = {n_ours / t_ours:.1f} nodes/s, "
-          f"{t_ours / len(prompts):.2f}s per prompt")
+    runs = {}
+    for engine in args.engine:
+        adapter = ENGINES[engine](vlm.model, vlm.processor, device=args.device)
+        build_trees(adapter, prompts[:1], warm_up)
+        runs[engine] = ours, n_ours, t_ours = timed_build(adapter, prompts, cfg)
+        print(f"csr {engine:<7}: {n_ours} nodes in {t_ours:.2f}s = {n_ours / t_ours:.1f} nodes/s, "
+              f"{t_ours / len(prompts):.2f}s per prompt")
+    if len(runs) > 1:
+        (a, *_), (b, *_) = runs.values()
+        print(f"engines give identical trees: {all(tree_signature(a[k]) == tree_signature(b[k]) for k in a)}")
     if args.paper_search:
         return
     base, n_base, t_base = timed_build(PerNodeGenerate(vlm), prompts, cfg)
-    same = all(tree_signature(ours[k]) == tree_signature(base[k]) for k in ours)
     print(f"per-node gen: {n_base} nodes in {t_base:.2f}s = {n_base / t_base:.1f} nodes/s")
-    print(f"speed-up    : {(n_ours / t_ours) / (n_base / t_base):.2f}x   identical trees: {same}")
+    for engine, (ours, n_ours, t_ours) in runs.items():
+        same = all(tree_signature(ours[k]) == tree_signature(base[k]) for k in ours)
+        print(f"speed-up {engine:<7}: {(n_ours / t_ours) / (n_base / t_base):.2f}x   identical trees: {same}")
 
 
 if __name__ == "__main__":

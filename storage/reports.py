@@ -150,7 +150,8 @@ def evaluations(store: Store, eval_keys: list[str] | None = None) -> pd.DataFram
 def eval_answers(store: Store, eval_key: str, task: str) -> pd.DataFrame:
     """An evaluation's responses of one task (describe_greedy, pope_random, ...) in their stored order."""
     return store.df("SELECT item_id, image, sample, position, question_id, question, label, response "
-                    "FROM eval_responses WHERE stage_key = ? AND task = ? ORDER BY position, sample", [eval_key, task])
+                    "FROM eval_responses WHERE stage_key = ? AND task = ? ORDER BY position, sample, rowid",
+                    [eval_key, task])
 
 
 def eval_tasks(store: Store, eval_key: str) -> list[str]:

@@ -131,6 +131,11 @@ class EvalConfig:
         return bool(self.pope_files) and bool(self.pope_per_item) and bool(self.pope_splits)
 
 
+# runtime.accelerate_config: the files shipped in configs/accelerate/ (TRL's examples/accelerate_configs)
+ACCELERATE_CONFIGS = ("ddp", "zero2", "zero3")
+ACCELERATE_CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
+
+
 @dataclass(frozen=True)
 class RuntimeConfig:
     """How to run, not what to compute: excluded from stage keys."""
@@ -140,8 +145,21 @@ class RuntimeConfig:
     threads: int = 0  # torch threads; 0 keeps torch's default
     progress: bool = True
     retry_failed: bool = False  # run the failed items of item-wise stages again (`csr run --retry-failed`)
+    # DPO: processes under `accelerate launch` (1: in this process), each with dpo.batch_size / N pairs a step,
+    # so the global batch is dpo.batch_size whatever N; "" plain DDP, a shipped name or an accelerate config file
+    dpo_processes: int = 1
+    accelerate_config: str = ""
 
     def __post_init__(self):
         require_choice(self.device, "device", DEVICES)
         require(self.chunk_size > 0, "chunk_size", f"must be positive, got {self.chunk_size}")
         require(self.threads >= 0, "threads", f"must be >= 0, got {self.threads}")
+        require(self.dpo_processes >= 1, "dpo_processes", f"must be >= 1, got {self.dpo_processes}")
+        require(self.accelerate_config in ("", *ACCELERATE_CONFIGS)
+                or self.accelerate_config.endswith(ACCELERATE_CONFIG_SUFFIXES), "accelerate_config",
+                f"unknown {self.accelerate_config!r}: expected '' (plain DDP), one of "
+                f"{', '.join(ACCELERATE_CONFIGS)} (configs/accelerate/NAME.yaml) or an accelerate config file "
+                f"({', '.join(ACCELERATE_CONFIG_SUFFIXES)})")
+        require(self.dpo_processes > 1 or not self.accelerate_config, "accelerate_config",
+                f"{self.accelerate_config!r} needs runtime.dpo_processes > 1 (one process trains without "
+                "accelerate launch)")

@@ -16,6 +16,7 @@ from tasks.benchmarks import check_benchmark_files, vocab_file
 from tasks.prompts import read_prompt_file
 from tasks.world import CLIP_DIR, VLM_DIR
 from training.dpo_config import num_decoder_layers
+from training.launch import check_launch_settings
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ def check_user_inputs(cfg: RunConfig, *, need_eval: bool = True) -> Inputs:
     World paths are exempt: the world stages build them.
     """
     _check_cuda(cfg)
+    check_launch_settings(cfg.runtime.dpo_processes, cfg.runtime.accelerate_config, cfg.dpo)
     inputs = resolve_inputs(cfg)
     checks = [
         (cfg.prompts.source != WORLD, inputs.pool_file, "prompts.source", Path.is_file),

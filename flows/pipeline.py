@@ -71,7 +71,7 @@ def csr_round(cfg: RunConfig, inputs: Inputs, policy: Policy, round_: int, *, wi
     keys: dict[str, str | None] = {**candidates(cfg, inputs, policy, round_)}
     keys["pairs"] = pairs(cfg, inputs, keys)
     keys["model"] = dpo_finetune(cfg.db, cfg.dpo, cfg.model, policy.key, policy.path, keys["pairs"], cfg.data_dir,
-                                 round_)
+                                 round_, runtime=cfg.runtime)
     if with_eval:
         keys["eval"] = evaluate_policy(cfg, inputs, policy_of(cfg, keys["model"]), round_)
     return keys

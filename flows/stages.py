@@ -58,7 +58,7 @@ def dpo_flow(config_files: list[str] | None = None, overrides: list[str] | None 
     policy = policy_for_round(cfg, inputs, round_)
     keys = candidates(cfg, inputs, policy, round_)
     return dpo_finetune(cfg.db, cfg.dpo, cfg.model, policy.key, policy.path, pairs(cfg, inputs, keys),
-                        cfg.data_dir, round_)
+                        cfg.data_dir, round_, runtime=cfg.runtime)
 
 
 @flow(name="csr-evaluate")

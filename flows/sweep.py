@@ -94,7 +94,8 @@ def sweep_seed(cfg: RunConfig, inputs: Inputs, lams: list[float], controls: list
 def train_arm(cfg: RunConfig, inputs: Inputs, policy: Policy, round_: int, arm: str, seed: int, pairs_key: str,
               keys: dict) -> dict:
     accuracy = pair_accuracy(cfg.db, pairs_key, inputs.pool_file, inputs.vocab_file)
-    model = dpo_finetune(cfg.db, cfg.dpo, cfg.model, policy.key, policy.path, pairs_key, cfg.data_dir, round_)
+    model = dpo_finetune(cfg.db, cfg.dpo, cfg.model, policy.key, policy.path, pairs_key, cfg.data_dir, round_,
+                         runtime=cfg.runtime)
     evaluation = evaluate_policy(cfg, inputs, policy_of(cfg, model), round_)
     return {"arm": arm, "seed": seed, "round": round_, **keys, "pairs": pairs_key, "pair_accuracy": accuracy,
             "model": model, "eval": evaluation}

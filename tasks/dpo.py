@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from csr_core.config import ModelConfig
+from csr_core.config import ModelConfig, RuntimeConfig
 from storage.artifacts import append_training_metrics, model_path, read_pairs, register_model, write_training_run
 from storage.store import open_store
 from tasks.common import StageSpec, run_whole_stage, stage_task
@@ -17,9 +17,13 @@ def dpo_spec(cfg: DPOConfig, model_key: str, pairs_key: str) -> StageSpec:
 
 @stage_task(name="dpo-finetune")
 def dpo_finetune(db: str, cfg: DPOConfig, model_cfg: ModelConfig, model_key: str, model_dir: str, pairs_key: str,
-                 data_dir: str, round_: int) -> str:
-    """Train, merge and register the round's model; returns its model key (= this stage's key)."""
-    from training.dpo import merge_adapter, train_dpo
+                 data_dir: str, round_: int, runtime: RuntimeConfig | None = None) -> str:
+    """Train (on `runtime.dpo_processes` processes), merge in this process and register the round's model;
+    returns its model key (= this stage's key)."""
+    from training.dpo import merge_adapter
+    from training.launch import train_dpo_processes
+
+    runtime = runtime or RuntimeConfig()
 
     store = open_store(db)
     spec = dpo_spec(cfg, model_key, pairs_key)
@@ -30,8 +34,10 @@ def dpo_finetune(db: str, cfg: DPOConfig, model_cfg: ModelConfig, model_key: str
         if rows.empty:
             raise ValueError(f"no preference pairs in {pairs_key}: nothing to train on")
         pairs = dpo_examples(rows)
-        result = train_dpo(model_dir, pairs, cfg, run_dir, trust_remote_code=model_cfg.trust_remote_code,
-                           on_log=lambda m: append_training_metrics(store, key, int(m.pop("step")), m))
+        result = train_dpo_processes(model_dir, pairs, cfg, run_dir, processes=runtime.dpo_processes,
+                                     accelerate_config=runtime.accelerate_config,
+                                     trust_remote_code=model_cfg.trust_remote_code,
+                                     on_log=lambda m: append_training_metrics(store, key, int(m.pop("step")), m))
         merged = merge_adapter(model_dir, result.adapter_dir, run_dir / "model",
                                trust_remote_code=model_cfg.trust_remote_code)
         write_training_run(store, key, {"base_key": model_key, "pairs_key": pairs_key, "adapter_dir":

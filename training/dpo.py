@@ -7,12 +7,17 @@ Layout of `out_dir`:
     adapter/                    the final LoRA adapter (adapter_config.json + adapter_model.safetensors)
     steps.jsonl                 one JSON record per optimizer step, as handed to `on_log`
     result.json                 written last: the round is done, a rerun returns it without training
+
+Under `accelerate launch` (training/launch.py) every process runs `train_dpo` on `cfg.batch_size / N` pairs a
+step; rank 0 alone prunes incomplete checkpoints, writes steps.jsonl, the adapter and result.json, and calls
+`on_log`, while the others wait for it before they resume from the same checkpoint.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shutil
 import time
@@ -56,9 +61,10 @@ class _StepLogger(TrainerCallback):
     """Hands every per-step log (with step and epoch) to `on_log` and appends it to steps.jsonl; keeps the
     summary log for the result."""
 
-    def __init__(self, sink: Callable[[dict], None] | None, step_file: Path):
+    def __init__(self, sink: Callable[[dict], None] | None, step_file: Path, main: bool = True):
         self.sink = sink
         self.step_file = step_file
+        self.main = main  # under several processes every one logs the same gathered values; rank 0 records them
         self.summary: dict = {}
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -66,7 +72,7 @@ class _StepLogger(TrainerCallback):
         if "train_runtime" in logs:
             self.summary = logs
             return
-        if "loss" not in logs:
+        if "loss" not in logs or not self.main:
             return
         record = {k: float(v) for k, v in logs.items() if k in STEP_METRICS}
         record.update(step=int(state.global_step), epoch=float(state.epoch or 0.0))
@@ -104,18 +110,26 @@ def train_dpo(
         _replay_steps(step_file, on_log)
         return TrainResult(**json.loads(result_file.read_text()))
 
+    from accelerate import PartialState
     from trl import DPOTrainer
 
     from training.conditional import ImageConditionedDPOTrainer, crop_box
 
     checkpoint_dir = out_dir / "checkpoints"
-    if not resume:
-        _clear_previous_run(out_dir)
-    last_checkpoint = last_complete_checkpoint(checkpoint_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _replay_steps(step_file, on_log, up_to=_checkpoint_step(last_checkpoint))
+    args = trl_args(cfg, checkpoint_dir, processes=launched_processes())  # sets up the process group, if any
+    state = PartialState()
+    main = state.is_main_process
+    if main:
+        if not resume:
+            _clear_previous_run(out_dir)
+        last_checkpoint = last_complete_checkpoint(checkpoint_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _replay_steps(step_file, on_log, up_to=_checkpoint_step(last_checkpoint))
+    state.wait_for_everyone()  # the others resume from the checkpoint rank 0 kept, after it pruned the rest
+    if not main:
+        last_checkpoint = last_complete_checkpoint(checkpoint_dir, delete=False)
     model, processor = load_model_and_processor(model_dir, cfg, trust_remote_code)
-    logger = _StepLogger(on_log, step_file)
+    logger = _StepLogger(on_log, step_file, main)
     trainer_class, extra, boxes = DPOTrainer, {}, []
     if cfg.image_conditioned:
         trainer_class = ImageConditionedDPOTrainer
@@ -124,7 +138,7 @@ def train_dpo(
     trainer = trainer_class(
         model=model,
         ref_model=None,
-        args=trl_args(cfg, checkpoint_dir),
+        args=args,
         train_dataset=trl_dataset(pairs, eos_token=response_closer(processor, model), crop_boxes=boxes),
         processing_class=processor,
         peft_config=lora_config(cfg, model),
@@ -136,7 +150,7 @@ def train_dpo(
     seconds = time.perf_counter() - started
 
     adapter_dir = out_dir / "adapter"
-    trainer.model.save_pretrained(adapter_dir)
+    _save_adapter(trainer, adapter_dir, main)
     result = TrainResult(
         adapter_dir=str(adapter_dir),
         steps=int(trainer.state.global_step),
@@ -144,8 +158,24 @@ def train_dpo(
         final_metrics={k: v for k, v in logger.summary.items() if isinstance(v, int | float)},
         resumed_from_step=_checkpoint_step(last_checkpoint),
     )
-    result_file.write_text(json.dumps(asdict(result), indent=2))
+    if main:
+        result_file.write_text(json.dumps(asdict(result), indent=2))
+    state.wait_for_everyone()
     return result
+
+
+def launched_processes() -> int:
+    """How many processes train together: WORLD_SIZE, which `accelerate launch` (torchrun, DeepSpeed's launcher)
+    sets in each; 1 in a plain process."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _save_adapter(trainer, adapter_dir: Path, main: bool) -> None:
+    """The LoRA adapter in safetensors, written by rank 0. Under DeepSpeed every process takes part in gathering
+    the weights first (ZeRO-3 shards them; the accelerate config must set zero3_save_16bit_model)."""
+    state_dict = trainer.accelerator.get_state_dict(trainer.deepspeed) if trainer.is_deepspeed_enabled else None
+    if main:
+        trainer.model.save_pretrained(adapter_dir, state_dict=state_dict)
 
 
 def load_model_and_processor(model_dir: str | Path, cfg: DPOConfig, trust_remote_code: bool = False):
@@ -202,11 +232,16 @@ def lora_config(cfg: DPOConfig, model):
     )
 
 
-def trl_args(cfg: DPOConfig, output_dir: Path):
+def trl_args(cfg: DPOConfig, output_dir: Path, processes: int = 1):
+    """TRL's settings for `cfg`. `cfg.batch_size` is the global batch: each of `processes` processes takes
+    `cfg.batch_size / processes` pairs a step, so a config trains the same steps whatever the process count."""
     from trl import DPOConfig as TrlDPOConfig
 
+    if cfg.batch_size % processes:
+        raise ConfigError("batch_size", f"{cfg.batch_size} pairs a step do not split evenly over {processes} "
+                          "processes")
     on_cuda = _on_cuda(cfg)
-    return TrlDPOConfig(
+    args = TrlDPOConfig(
         output_dir=str(output_dir),
         beta=cfg.beta,
         loss_type=list(cfg.loss_type),
@@ -214,7 +249,7 @@ def trl_args(cfg: DPOConfig, output_dir: Path):
         learning_rate=cfg.learning_rate,
         num_train_epochs=cfg.num_epochs,
         max_steps=cfg.max_steps,
-        per_device_train_batch_size=cfg.batch_size,
+        per_device_train_batch_size=cfg.batch_size // processes,
         gradient_accumulation_steps=cfg.grad_accum,
         warmup_steps=cfg.warmup_ratio,  # a float in [0, 1) is a ratio of total steps
         weight_decay=cfg.weight_decay,
@@ -237,6 +272,10 @@ def trl_args(cfg: DPOConfig, output_dir: Path):
         remove_unused_columns=False,
         disable_tqdm=True,
     )
+    if args.world_size != processes:
+        raise RuntimeError(f"{args.world_size} processes train together, and the per-process batch was sized for "
+                           f"{processes} (WORLD_SIZE)")
+    return args
 
 
 def _on_cuda(cfg: DPOConfig) -> bool:
@@ -271,8 +310,9 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 _CHECKPOINT = re.compile(r"checkpoint-(\d+)")  # transformers' PREFIX_CHECKPOINT_DIR-<step>
 
 
-def last_complete_checkpoint(checkpoint_dir: Path) -> str | None:
-    """The newest `checkpoint-N` that a kill did not cut short, or None; incomplete ones are deleted.
+def last_complete_checkpoint(checkpoint_dir: Path, *, delete: bool = True) -> str | None:
+    """The newest `checkpoint-N` that a kill did not cut short, or None; incomplete ones are deleted (with
+    `delete`; the processes other than rank 0 of a launched training only skip them).
 
     The Trainer writes a checkpoint's adapter, optimizer, scheduler and RNG states first and
     `trainer_state.json` last, so a checkpoint is complete when that file parses and the adapter weights are
@@ -286,8 +326,9 @@ def last_complete_checkpoint(checkpoint_dir: Path) -> str | None:
         problem = _incomplete(checkpoint)
         if problem is None:
             return str(checkpoint)
-        log.warning("skipping incomplete DPO checkpoint %s (%s); deleting it", checkpoint, problem)
-        shutil.rmtree(checkpoint)
+        if delete:
+            log.warning("skipping incomplete DPO checkpoint %s (%s); deleting it", checkpoint, problem)
+            shutil.rmtree(checkpoint)
     return None
 
 

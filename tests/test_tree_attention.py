@@ -35,6 +35,8 @@ def kernel(request, monkeypatch):
         monkeypatch.setattr(tree_attention, "FUSED_CPU", None)
     elif tree_attention.FUSED_CPU is None:
         pytest.skip("this torch has no CPU flash-attention kernel")
+    else:
+        monkeypatch.setattr(tree_attention, "FUSED_MIN_SCORES", 0)
     return request.param
 
 
@@ -94,7 +96,7 @@ def run_cache(cache, layer, query, key, value, scaling, softcap=None):
 @pytest.mark.parametrize("softcap", [None, 2.0])
 def test_tree_attention_equals_plain_attention_over_each_rows_sequence(kernel, softcap):
     """Ragged prefixes of 3 prompts, ragged node tails prefilled causally, then decode steps whose beam reorders
-    repeat and drop rows, with a beam buffer that has to grow: every row equals attention over its whole sequence."""
+    repeat and drop rows, with a node buffer that has to grow: every row equals attention over its whole sequence."""
     gen = torch.Generator().manual_seed(1)
     scaling = DIM**-0.5
     prompts = [random_prefix(n, gen) for n in (5, 9, 1)]
@@ -115,7 +117,9 @@ def test_tree_attention_equals_plain_attention_over_each_rows_sequence(kernel, s
                              torch.stack(sequences[row][1], 1), scaling, softcap)
         torch.testing.assert_close(out[row, width - n :], expected, atol=1e-5, rtol=0)
 
-    for parents in ([0, 0, 0, 1, 2, 2, 3, 4, 4], [8, 1, 1, 0, 5, 3], [0, 0, 1, 2, 3, 4, 5, 5], [7, 6, 0]):
+    steps = ([0, 0, 0, 1, 2, 2, 3, 4, 4], [8, 1, 1, 0, 5, 3], [0, 0, 1, 2, 3, 4, 5, 5], [7, 6, 0], [2, 1, 0, 0],
+             [1, 1, 2, 2, 3, 3, 0], [0, 5, 6, 6])  # uneven beams, dead nodes and prompts, then 6 beams for one node
+    for parents in steps:
         sequences = [[list(sequences[p][0]), list(sequences[p][1])] for p in parents]
         rows = len(parents)
         query = torch.randn(rows, HEADS, 1, DIM, generator=gen)

@@ -131,6 +131,7 @@ class EvalConfig:
         return bool(self.pope_files) and bool(self.pope_per_item) and bool(self.pope_splits)
 
 
+EXECUTORS = ("local", "ray")
 # runtime.accelerate_config: the files shipped in configs/accelerate/ (TRL's examples/accelerate_configs)
 ACCELERATE_CONFIGS = ("ddp", "zero2", "zero3")
 ACCELERATE_CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
@@ -145,6 +146,11 @@ class RuntimeConfig:
     threads: int = 0  # torch threads; 0 keeps torch's default
     progress: bool = True
     retry_failed: bool = False  # run the failed items of item-wise stages again (`csr run --retry-failed`)
+    # generation, relevance and evaluation: in this process ("local") or on Ray actors, one chunk a shard
+    executor: str = "local"
+    ray_address: str = ""  # "": start a local Ray; "auto" or "host:port": join that cluster
+    workers: int = 2  # Ray actors, each holding the stage's models
+    gpus_per_worker: float = 0.0  # 0: CPU actors
     # DPO: processes under `accelerate launch` (1: in this process), each with dpo.batch_size / N pairs a step,
     # so the global batch is dpo.batch_size whatever N; "" plain DDP, a shipped name or an accelerate config file
     dpo_processes: int = 1
@@ -154,6 +160,9 @@ class RuntimeConfig:
         require_choice(self.device, "device", DEVICES)
         require(self.chunk_size > 0, "chunk_size", f"must be positive, got {self.chunk_size}")
         require(self.threads >= 0, "threads", f"must be >= 0, got {self.threads}")
+        require_choice(self.executor, "executor", EXECUTORS)
+        require(self.workers >= 1, "workers", f"must be >= 1, got {self.workers}")
+        require(self.gpus_per_worker >= 0, "gpus_per_worker", f"must be >= 0, got {self.gpus_per_worker}")
         require(self.dpo_processes >= 1, "dpo_processes", f"must be >= 1, got {self.dpo_processes}")
         require(self.accelerate_config in ("", *ACCELERATE_CONFIGS)
                 or self.accelerate_config.endswith(ACCELERATE_CONFIG_SUFFIXES), "accelerate_config",

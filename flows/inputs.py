@@ -13,6 +13,7 @@ from csr_core.prompts import parse_pool
 from csr_core.validation import ConfigError
 from flows.config import RunConfig
 from tasks.benchmarks import check_benchmark_files, vocab_file
+from tasks.executors import check_ray_settings
 from tasks.prompts import read_prompt_file
 from tasks.world import CLIP_DIR, VLM_DIR
 from training.dpo_config import num_decoder_layers
@@ -52,6 +53,7 @@ def check_user_inputs(cfg: RunConfig, *, need_eval: bool = True) -> Inputs:
     World paths are exempt: the world stages build them.
     """
     _check_cuda(cfg)
+    check_ray_settings(cfg.runtime)
     check_launch_settings(cfg.runtime.dpo_processes, cfg.runtime.accelerate_config, cfg.dpo)
     inputs = resolve_inputs(cfg)
     checks = [

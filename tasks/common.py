@@ -14,10 +14,12 @@ from typing import Any
 import pandas as pd
 from tqdm import tqdm
 
+from csr_core.config import RuntimeConfig
 from csr_core.keys import stage_key
 from storage import stages
 from storage.artifacts import write_items
 from storage.store import Store
+from tasks.executors import WorkerSpec, executor_for
 
 
 def stage_task(**options: Any):
@@ -113,17 +115,19 @@ def run_item_stage(
     *,
     table: str,
     items: Sequence[str],
-    process: Callable[[list[str]], ChunkResult],
-    chunk_size: int,
-    setup: Callable[[], None] | None = None,
-    show_progress: bool = True,
+    worker: WorkerSpec,
+    prepare: Callable[[list[str]], Any],
+    runtime: RuntimeConfig,
+    chunk_size: int | None = None,
     retry_failed: bool = False,
 ) -> str:
     """Run an item-wise stage: skip finished items, commit each chunk's rows and progress together.
 
-    A crash loses at most the chunk in flight; the rerun resumes at the first unfinished item.
-    `setup` (e.g. loading a model) runs only when some item is left to do. Failed items are recorded
-    and skipped on resume; `retry_failed` runs them again, in a complete stage too.
+    Each chunk of `chunk_size` items (default `runtime.chunk_size`) is one shard: `prepare(chunk)` builds its
+    payload here (reading DuckDB), `worker` computes its `ChunkResult` in this process or on a Ray actor
+    (`runtime.executor`), and this process commits it as it arrives. A crash loses at most the chunks in
+    flight; the rerun resumes at the first unfinished item. Workers are built only when some item is left to
+    do. Failed items are recorded and skipped on resume; `retry_failed` runs them again, in a complete stage too.
     """
     n_failed = stages.n_failed_items(store, spec.key) if retry_failed else 0
     retry = n_failed > 0
@@ -137,22 +141,28 @@ def run_item_stage(
     if finished:
         logger().info("resuming %s %s: %d of %d items already done", spec.stage, spec.key, len(finished), len(items))
     try:
-        if todo and setup is not None:
-            setup()
-        with tqdm(total=len(items), initial=len(items) - len(todo), desc=spec.stage, disable=not show_progress,
-                  unit="item", leave=False) as bar:
-            for chunk in chunked(todo, chunk_size):
-                result = process(chunk)
-                write_items(store, table, spec.key, result.rows, result.done, result.failed)
-                for item, reason in result.failed.items():
-                    logger().warning("%s: item %s failed: %s", spec.stage, item, reason)
-                bar.update(len(chunk))
-                logger().info("%s %s: committed %d/%d items", spec.stage, spec.key, bar.n, len(items))
+        if todo:
+            shards = ((chunk, prepare(chunk)) for chunk in chunked(todo, chunk_size or runtime.chunk_size))
+            with executor_for(worker, runtime, spec.stage) as executor:
+                _commit_shards(store, spec, table, executor.run(shards), len(items), len(items) - len(todo),
+                               runtime.progress)
     except BaseException as exc:
         stages.finish_stage(store, spec.key, "failed", f"{type(exc).__name__}: {exc}")
         raise
     stages.finish_stage(store, spec.key)
     return spec.key
+
+
+def _commit_shards(store: Store, spec: StageSpec, table: str, results: Iterable[tuple[list[str], ChunkResult]],
+                   total: int, done: int, show_progress: bool) -> None:
+    with tqdm(total=total, initial=done, desc=spec.stage, disable=not show_progress, unit="item",
+              leave=False) as bar:
+        for chunk, result in results:
+            write_items(store, table, spec.key, result.rows, result.done, result.failed)
+            for item, reason in result.failed.items():
+                logger().warning("%s: item %s failed: %s", spec.stage, item, reason)
+            bar.update(len(chunk))
+            logger().info("%s %s: committed %d/%d items", spec.stage, spec.key, bar.n, total)
 
 
 def chunked(items: Sequence[str], size: int) -> Iterable[list[str]]:

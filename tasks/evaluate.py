@@ -20,6 +20,7 @@ from tasks.common import (
     stage_task,
     without_paths,
 )
+from tasks.executors import WorkerSpec, executor_for
 from tasks.io import load_eval_items, load_vocab
 from tasks.models import load_relevance, load_vlm
 
@@ -62,22 +63,12 @@ def evaluate(db: str, cfg: EvalConfig, model_cfg: ModelConfig, runtime: RuntimeC
             logger().warning("evaluate: item %s left out: %s", item_id, reason)
         if not data.items:
             raise ValueError(f"eval.source: no evaluation item of {source} has a readable image")
-        vlm = load_vlm(model_dir, model_cfg, runtime)
-        clip = load_relevance(scorer_dir, runtime)
-
-        def generate(images, prompts, **kwargs):
-            return vlm.generate(images, prompts, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
-                                batch_size=cfg.batch_size, **kwargs)
-
-        def yes_probability(images, prompts):
-            try:
-                return vlm.yes_probability(images, prompts, batch_size=cfg.batch_size)
-            except ValueError as error:
-                raise ValueError(f"POPE's expected metrics: {error}; --set eval.pope_expected=false skips them") \
-                    from error
-
-        out = evaluate_model(generate, clip.cosine, data.items, vocab, cfg, yes_probability, data.pope,
-                             data.pope_items)
+        worker = WorkerSpec(EvalWorker, {"model_dir": model_dir, "model_cfg": model_cfg, "runtime": runtime,
+                                         "scorer_dir": scorer_dir, "cfg": cfg})
+        with executor_for(worker, runtime, "evaluate") as executor:
+            models = ShardedEval(executor, cfg.batch_size, runtime.workers if runtime.executor == "ray" else 1)
+            out = evaluate_model(models.generate, models.cosine, data.items, vocab, cfg, models.yes_probability,
+                                 data.pope, data.pope_items)
         results = pd.DataFrame([{**vars(m), "model_key": model_key, "round": round_} for m in out.metrics])
         responses = pd.DataFrame([{**vars(r), "model_key": model_key} for r in out.responses])
         items = pd.DataFrame([{"role": "describe", "position": n, "item_id": item.item_id, "image": item.image_name,
@@ -85,6 +76,61 @@ def evaluate(db: str, cfg: EvalConfig, model_cfg: ModelConfig, runtime: RuntimeC
         write_eval(store, key, results, responses, data.failed, items)
 
     return run_whole_stage(store, spec, work)
+
+
+class EvalWorker:
+    """The VLM and the scorer of one evaluation, answering a shard of `generate`, yes-odds or cosine calls."""
+
+    def __init__(self, model_dir: str, model_cfg: ModelConfig, runtime: RuntimeConfig, scorer_dir: str,
+                 cfg: EvalConfig):
+        self.vlm = load_vlm(model_dir, model_cfg, runtime)
+        self.clip = load_relevance(scorer_dir, runtime)
+        self.cfg = cfg
+
+    def __call__(self, call: dict):
+        cfg = self.cfg
+        if call["op"] == "generate":
+            return self.vlm.generate(call["images"], call["prompts"], temperature=cfg.temperature,
+                                     max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, **call["kwargs"])
+        if call["op"] == "yes_probability":
+            try:
+                return self.vlm.yes_probability(call["images"], call["prompts"], batch_size=cfg.batch_size)
+            except ValueError as error:
+                raise ValueError(f"POPE's expected metrics: {error}; --set eval.pope_expected=false skips them") \
+                    from error
+        return self.clip.cosine(call["images"], call["texts"], call["image_index"])
+
+
+class ShardedEval:
+    """`evaluate_model`'s callables over an executor's workers: a call's items split into shards of whole
+    batches, each sampled from the seed its first item would have had in one call, so the answers are those of
+    one worker. Cosines go to one worker in one piece, so the scorer batches its texts as it would locally."""
+
+    def __init__(self, executor, batch_size: int, n_workers: int):
+        self.executor, self.batch_size, self.n_workers = executor, batch_size, n_workers
+
+    def generate(self, images, prompts, **kwargs) -> list[list[str]]:
+        seed = kwargs.pop("seed", 0)
+        return self._in_order([{"op": "generate", "images": images[a:b], "prompts": prompts[a:b],
+                                "kwargs": {**kwargs, "seed": seed + a}} for a, b in self._ranges(len(prompts))])
+
+    def yes_probability(self, images, prompts) -> list[float]:
+        return self._in_order([{"op": "yes_probability", "images": images[a:b], "prompts": prompts[a:b]}
+                               for a, b in self._ranges(len(prompts))])
+
+    def cosine(self, images, texts, image_index) -> list[float]:
+        return self._in_order([{"op": "cosine", "images": list(images), "texts": list(texts),
+                                "image_index": list(image_index)}])
+
+    def _ranges(self, n: int) -> list[tuple[int, int]]:
+        batches = -(-n // self.batch_size)
+        per_shard = max(1, -(-batches // self.n_workers)) * self.batch_size
+        return [(a, min(a + per_shard, n)) for a in range(0, n, per_shard)] or [(0, 0)]
+
+    def _in_order(self, calls: list[dict]) -> list:
+        shards = [([str(i)], call) for i, call in enumerate(calls)]
+        results = dict((int(items[0]), result) for items, result in self.executor.run(shards))
+        return [value for i in range(len(calls)) for value in results[i]]
 
 
 def _eval_data(db: str, cfg: EvalConfig, source: str, image_dir: str, pope_dir: str,

@@ -11,6 +11,7 @@ from csr_core.tree import PromptInput, SearchConfig, build_trees
 from storage.artifacts import read_prompts
 from storage.store import open_store
 from tasks.common import ChunkResult, StageSpec, run_item_stage, stage_task
+from tasks.executors import WorkerSpec
 from tasks.io import load_images
 from tasks.models import load_relevance, load_vlm
 
@@ -36,25 +37,31 @@ def generate_candidates(db: str, search: SearchConfig, reward: RewardConfig, mod
     store = open_store(db)
     spec = generate_spec(search, reward, model_key, prompts_key, relevance_key)
     prompts = read_prompts(store, prompts_key).set_index("prompt_id")
-    loaded: dict = {}
+    worker = WorkerSpec(TreeWorker, {"model_dir": model_dir, "model_cfg": model_cfg, "runtime": runtime,
+                                     "search": search, "reward": reward, "relevance_dir": relevance_dir})
+    return run_item_stage(store, spec, table="tree_nodes", items=list(prompts.index), worker=worker,
+                          prepare=lambda chunk: prompts.loc[chunk, ["image_path", "instruction"]],
+                          runtime=runtime, retry_failed=runtime.retry_failed)
 
-    def setup() -> None:
-        loaded["vlm"] = load_vlm(model_dir, model_cfg, runtime, search.delimiters, search.stop_at_eos)
-        if search.prune_by == "calibrated":
-            loaded["clip"] = load_relevance(relevance_dir, runtime)
 
-    def process(chunk: list[str]) -> ChunkResult:
-        inputs, failed = _load_inputs(prompts, chunk)
-        inputs, too_long = _fitting_context(loaded["vlm"], inputs, search.max_response_tokens)
+class TreeWorker:
+    """The trees of one shard of prompts (`image_path`, `instruction` by prompt id) as node rows; holds the VLM
+    (and, for `prune_by="calibrated"`, the relevance scorer)."""
+
+    def __init__(self, model_dir: str, model_cfg: ModelConfig, runtime: RuntimeConfig, search: SearchConfig,
+                 reward: RewardConfig, relevance_dir: str = ""):
+        self.search, self.reward = search, reward
+        self.vlm = load_vlm(model_dir, model_cfg, runtime, search.delimiters, search.stop_at_eos)
+        self.clip = load_relevance(relevance_dir, runtime) if search.prune_by == "calibrated" else None
+
+    def __call__(self, prompts: pd.DataFrame) -> ChunkResult:
+        inputs, failed = _load_inputs(prompts, list(prompts.index))
+        inputs, too_long = _fitting_context(self.vlm, inputs, self.search.max_response_tokens)
         failed.update(too_long)
-        relevance = _relevance_fn(loaded.get("clip"), inputs)
-        trees = build_trees(loaded["vlm"], inputs, search, relevance=relevance, reward_cfg=reward)
+        relevance = _relevance_fn(self.clip, inputs)
+        trees = build_trees(self.vlm, inputs, self.search, relevance=relevance, reward_cfg=self.reward)
         rows = [{"prompt_id": pid, **_node_row(node)} for pid, nodes in trees.items() for node in nodes]
         return ChunkResult(pd.DataFrame(rows, columns=NODE_COLUMNS), [p.prompt_id for p in inputs], failed)
-
-    return run_item_stage(store, spec, table="tree_nodes", items=list(prompts.index), process=process,
-                          chunk_size=runtime.chunk_size, setup=setup, show_progress=runtime.progress,
-                          retry_failed=runtime.retry_failed)
 
 
 def _load_inputs(prompts: pd.DataFrame, chunk: list[str]) -> tuple[list[PromptInput], dict[str, str]]:

@@ -8,6 +8,7 @@ from csr_core.config import RelevanceConfig, RuntimeConfig
 from storage.artifacts import read_prompts, read_tree
 from storage.store import open_store
 from tasks.common import ChunkResult, StageSpec, logger, run_item_stage, stage_task
+from tasks.executors import WorkerSpec
 from tasks.io import load_images
 from tasks.models import load_relevance
 
@@ -28,24 +29,35 @@ def score_relevance(db: str, cfg: RelevanceConfig, runtime: RuntimeConfig, score
     spec = relevance_spec(scorer_key, tree_key, scorer_kind(scorer_dir))
     prompts = read_prompts(store, prompts_key).set_index("prompt_id")
     scored = sorted(set(read_tree(store, tree_key)["prompt_id"]))
-    loaded: dict = {}
+    worker = WorkerSpec(RelevanceWorker, {"scorer_dir": scorer_dir, "runtime": runtime,
+                                          "batch_size": cfg.batch_size, "stage": f"{spec.stage} {spec.key}"})
 
-    def setup() -> None:
-        loaded["clip"] = load_relevance(scorer_dir, runtime)
-        logger().info("%s %s: scoring with %s", spec.stage, spec.key, loaded["clip"].name)
+    def prepare(chunk: list[str]) -> dict:
+        nodes = read_tree(store, tree_key, chunk)
+        return {"prompts": prompts.loc[chunk, ["image_path"]], "nodes": nodes[nodes["node_id"] != 0],
+                "tree_key": tree_key, "scorer": scorer_key}
 
-    def process(chunk: list[str]) -> ChunkResult:
-        images, failed = load_images(prompts, chunk)
-        nodes = read_tree(store, tree_key, [pid for pid in chunk if pid in images])
-        nodes = nodes[nodes["node_id"] != 0]  # the root has no sentence
+    return run_item_stage(store, spec, table="relevance_scores", items=scored, worker=worker, prepare=prepare,
+                          runtime=runtime, chunk_size=max(runtime.chunk_size, 32), retry_failed=runtime.retry_failed)
+
+
+class RelevanceWorker:
+    """Raw cosines of one shard: its prompts' images (`image_path` by prompt id) against their tree nodes'
+    sentences (the root excluded); holds the scorer."""
+
+    def __init__(self, scorer_dir: str, runtime: RuntimeConfig, batch_size: int, stage: str):
+        self.clip = load_relevance(scorer_dir, runtime)
+        self.batch_size = batch_size
+        logger().info("%s: scoring with %s", stage, self.clip.name)
+
+    def __call__(self, payload: dict) -> ChunkResult:
+        prompts, nodes = payload["prompts"], payload["nodes"]
+        images, failed = load_images(prompts, list(prompts.index))
+        nodes = nodes[nodes["prompt_id"].isin(list(images))]
         index_of = {pid: i for i, pid in enumerate(images)}
-        cosines = loaded["clip"].cosine(list(images.values()), nodes["text"].tolist(),
-                                        [index_of[pid] for pid in nodes["prompt_id"]], batch_size=cfg.batch_size)
-        rows = pd.DataFrame({"tree_key": tree_key, "prompt_id": nodes["prompt_id"].to_numpy(),
-                             "node_id": nodes["node_id"].to_numpy(), "scorer": scorer_key, "cosine": cosines},
+        cosines = self.clip.cosine(list(images.values()), nodes["text"].tolist(),
+                                   [index_of[pid] for pid in nodes["prompt_id"]], batch_size=self.batch_size)
+        rows = pd.DataFrame({"tree_key": payload["tree_key"], "prompt_id": nodes["prompt_id"].to_numpy(),
+                             "node_id": nodes["node_id"].to_numpy(), "scorer": payload["scorer"], "cosine": cosines},
                             columns=COLUMNS)
         return ChunkResult(rows, list(images), failed)
-
-    return run_item_stage(store, spec, table="relevance_scores", items=scored, process=process,
-                          chunk_size=max(runtime.chunk_size, 32), setup=setup, show_progress=runtime.progress,
-                          retry_failed=runtime.retry_failed)

@@ -35,8 +35,6 @@ def kernel(request, monkeypatch):
         monkeypatch.setattr(tree_attention, "FUSED_CPU", None)
     elif tree_attention.FUSED_CPU is None:
         pytest.skip("this torch has no CPU flash-attention kernel")
-    else:
-        monkeypatch.setattr(tree_attention, "FUSED_MIN_SCORES", 0)
     return request.param
 
 

@@ -51,7 +51,6 @@ from csr_core.beams import Candidate
 TREE_ATTENTION = "csr_tree"
 # torch's CPU flash-attention kernel, which also returns the log-sum-exp (None: the plain matmul path everywhere)
 FUSED_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
-FUSED_MIN_SCORES = 1 << 20  # attention scores of one call from which the fused kernel beats the matmul path
 MIN_BEAM_COLUMNS = 16
 COMPACT_WHEN_DEAD = 0.25  # share of stored nodes (prompts) whose death makes the cache copy out the live ones
 
@@ -127,10 +126,9 @@ class Segment:
 
 def attend(query, keys, values, bias, scaling: float, softcap: float | None = None):
     """Softmax attention of queries (..., M, D) over keys (..., L, D) with an additive mask: (output (..., M, D),
-    log-sum-exp of the scores (..., M, 1)). torch's fused CPU flash kernel does both for large enough problems
-    without softcapping (it costs ~0.15 ms a call whatever the size); otherwise two matmuls around a softmax."""
-    if FUSED_CPU is not None and softcap is None and query.device.type == "cpu" and (
-            query.numel() // query.shape[-1] * keys.shape[-2] >= FUSED_MIN_SCORES):
+    log-sum-exp of the scores (..., M, 1)). On CPU without softcapping torch's fused flash kernel does both;
+    otherwise two matmuls around a softmax."""
+    if FUSED_CPU is not None and softcap is None and query.device.type == "cpu":
         out, lse = FUSED_CPU(query, keys, values, attn_mask=bias, scale=scaling)
         return out, lse[..., None]
     scores = torch.matmul(query, keys.transpose(-1, -2)).float()

@@ -9,6 +9,7 @@ prefixes stored once per prompt); `--engine node shared` times both.
     python bench/tree_search.py --model-dir <data-dir>/world/models/vlm-base --threads 2
     python bench/tree_search.py --shape llava-1.5-7b --device cuda --dtype bfloat16   # random weights, on a GPU
     python bench/tree_search.py --engine node shared
+    python bench/tree_search.py --shape tiny-576 --engine node shared   # LLaVA-1.5's 576 image tokens, on a CPU
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from shapes import LLAVA_SHAPES, llava_15_7b
+from shapes import LLAVA_SHAPES, build_shape
 
 from csr_core.adapters.tree_attention import SharedPrefixAdapter
 from csr_core.adapters.vlm import VLMAdapter
@@ -60,7 +61,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", help="LLaVA-family save_pretrained dir (default: a tiny one from config)")
     parser.add_argument("--shape", choices=LLAVA_SHAPES, help="instead: that architecture, random weights")
-    parser.add_argument("--layers", type=int, default=32, help="with --shape: decoder layers (fewer for a smoke run)")
+    parser.add_argument("--layers", type=int, help="with --shape: decoder layers (default: the shape's own)")
     parser.add_argument("--num-prompts", type=int, default=4)
     parser.add_argument("--num-beams", type=int, default=5)
     parser.add_argument("--max-new-tokens", type=int, default=70)
@@ -79,8 +80,8 @@ def main() -> None:
 
     model_dir = args.model_dir
     if args.shape:
-        model_dir = f"{args.shape} ({args.layers} layers, random weights, {args.dtype or 'float32'})"
-        vlm = llava_15_7b(args.device, getattr(torch, args.dtype or "float32"), args.layers)
+        model_dir = f"{args.shape} ({args.layers or 'all'} layers, random weights, {args.dtype or 'float32'})"
+        vlm = build_shape(args.shape, args.device, getattr(torch, args.dtype or "float32"), args.layers)
     else:
         if model_dir is None:
             from csr_testing.tiny_models import make_tiny_llava

@@ -156,12 +156,21 @@ class RayExecutor:
 
 
 class ShardActor:
-    """What runs inside a Ray worker: the stage's worker, built once, called once per shard."""
+    """What runs inside a Ray worker: the stage's worker, built once, called once per shard. A worker that
+    cannot be built (a model dir this node cannot read) raises its error at every call, where the flow sees
+    it, instead of dying, which would look like a lost node and be retried."""
 
     def __init__(self, spec: WorkerSpec):
-        self.worker = spec.build()
+        self.worker, self.error = None, None
+        try:
+            self.worker = spec.build()
+        except Exception as error:  # handed to the flow by run()
+            self.error = error
 
     def run(self, payload):
+        if self.error is not None:
+            raise RuntimeError(f"worker on {socket.gethostname()}: {type(self.error).__name__}: {self.error}") \
+                from self.error
         return self.worker(payload)
 
     def pid(self) -> int:

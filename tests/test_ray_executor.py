@@ -154,3 +154,15 @@ def test_a_bad_ray_address_is_one_line_before_any_work(address, why, tmp_path, c
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and not db.exists()
     assert err[0].startswith(f"csr: error: runtime.ray_address: {why}")
+
+
+def test_a_worker_that_cannot_read_the_model_dir_names_it(tiny_run, tmp_path, local_ray):
+    from tasks.executors import RayExecutor
+
+    cfg = load_config(tiny_run["config_files"], tiny_run["overrides"] + RAY)
+    missing = str(tmp_path / "not-on-this-node")
+    spec = WorkerSpec(TreeWorker, {"model_dir": missing, "model_cfg": cfg.model, "runtime": cfg.runtime,
+                                   "search": cfg.search, "reward": cfg.reward})
+    with RayExecutor(spec, cfg.runtime, "generate_candidates") as executor:
+        with pytest.raises(RuntimeError, match=f"cannot read the model dir {missing} on this machine"):
+            list(executor.run([(["p0"], None)]))

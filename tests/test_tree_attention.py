@@ -210,11 +210,26 @@ def test_a_sliding_window_a_row_could_outgrow_is_refused_and_the_adapter_falls_b
     model, processor = tiny_families().build_tiny_vlm("gemma3")
     vlm = VLMAdapter(model, processor)
     prefix = vlm.encode_prefix(IMAGES[0], "hi")
-    with pytest.raises(SlidingWindowError, match="max_new_tokens"):
-        PrefixSharedBatch(model, [prefix], [[]], vlm.device)
+    PrefixSharedBatch(model, [prefix], [[]], vlm.device, max_new_tokens=400)
     with pytest.raises(SlidingWindowError, match="past the 512-token"):
         PrefixSharedBatch(model, [prefix], [[]], vlm.device, max_new_tokens=600)
+    with pytest.raises(SlidingWindowError, match="contiguous"):
+        PrefixSharedBatch(model, [prefix], [[]], vlm.device, contiguous=True)
     shared = SharedPrefixAdapter(model, processor)
     params = SearchConfig(max_new_tokens=600, max_response_tokens=900).beam_params
     expected = vlm.search_sentences([prefix], [[]], [600], params)
     assert shared.search_sentences([prefix], [[]], [600], params) == expected
+
+
+def test_attention_refuses_a_row_that_outgrows_a_sliding_window():
+    gen = torch.Generator().manual_seed(2)
+    cache = TreeCache([random_prefix(5, gen)], [3], "cpu")
+    cache.begin_prefill()
+    query = torch.randn(1, HEADS, 3, DIM, generator=gen)
+    key, value = (torch.randn(1, KV_HEADS, 3, DIM, generator=gen) for _ in range(2))
+    cache.update(key, value, 0)
+    module = Attention(layer_idx=0, scaling=1.0, sliding_window=8)
+    tree_attention_fn(module, query, key, value, None, csr_tree=cache)
+    module.sliding_window = 7
+    with pytest.raises(SlidingWindowError, match="8 tokens, past the 7-token"):
+        tree_attention_fn(module, query, key, value, None, csr_tree=cache)

@@ -27,10 +27,11 @@ implementation it does not know; the layout masks itself.
 
 What it knows: GQA (query head h reads kv head h // (heads / kv_heads)), the layer's `scaling`, attention logit
 softcapping when a layer passes `softcap` (Gemma 2; Gemma 3's layers pass none), positions given explicitly (2-D,
-or Qwen's 3-D with all three equal after the image). What it does not know: sliding windows. A sliding-window layer
-is accepted only when no row can outgrow the window (then the window hides nothing and full attention is exact;
-`max_new_tokens` must be given to know that); otherwise the constructor raises `SlidingWindowError` and the caller
-keeps `NodeBatch`. `contiguous` (NodeBatch's sliding-window layout) is accepted and changes nothing here.
+or Qwen's 3-D with all three equal after the image). What it does not know: sliding windows. A model with
+sliding-window layers runs only while no row outgrows the window (the window then hides nothing, so full attention
+is exact): the constructor raises `SlidingWindowError` when `max_new_tokens` shows a row could, or when the caller
+asks for `NodeBatch`'s `contiguous` layout (its sign that one could), and attention raises it if a row does; the
+caller keeps `NodeBatch` for those batches.
 """
 
 from __future__ import annotations
@@ -446,7 +447,9 @@ class PrefixSharedBatch:
 
     Same interface as `NodeBatch`: `prefill()` gives one row of next-token logits per node, `step(parent_rows,
     tokens)` continues row `parent_rows[i]` of the previous forward with `tokens[i]`. `max_new_tokens` (optional)
-    sizes the beam-tail buffer and lets sliding-window models in when no row can outgrow the window.
+    sizes the new-token columns of the node buffers and lets the constructor check a sliding window; `contiguous`
+    (NodeBatch's layout for rows that may outgrow a sliding window) is refused with `SlidingWindowError` on such a
+    model and changes nothing on others.
     """
 
     def __init__(self, model, prefixes, responses, device, *, mrope: bool = False, contiguous: bool = False,
@@ -454,7 +457,7 @@ class PrefixSharedBatch:
         self.model, self.device, self.mrope = model, device, mrope
         self.tails = [[p.last_token, *r] for p, r in zip(prefixes, responses)]
         self.starts = [p.cache_len + p.position_delta for p in prefixes]
-        _check_window(model.config, prefixes, self.tails, max_new_tokens)
+        _check_window(model.config, prefixes, self.tails, max_new_tokens, contiguous)
         self.text_config = model.config.get_text_config(decoder=True)
         self.cache_kwarg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         self.cache = TreeCache(prefixes, [len(t) for t in self.tails], device,
@@ -486,16 +489,18 @@ class PrefixSharedBatch:
         return out.logits[:, -1, :].float()
 
 
-def _check_window(config, prefixes, tails, max_new_tokens) -> None:
+def _check_window(config, prefixes, tails, max_new_tokens, contiguous: bool) -> None:
+    """Refuse a sliding window a row could outgrow. Without `max_new_tokens` the caller vouches for the rows (as
+    `VLMAdapter` does when it asks for no `contiguous` layout); attention checks them as they grow."""
     window = sliding_window(config)
     if window is None:
         return
-    if max_new_tokens is None:
-        raise SlidingWindowError(f"the model has {window}-token sliding-window layers and no max_new_tokens was "
-                                 "given to show that no row outgrows the window")
-    longest = max(p.cache_len for p in prefixes) + max(len(t) for t in tails) + max_new_tokens
-    if longest > window:
-        raise SlidingWindowError(f"a row could reach {longest} tokens, past the {window}-token sliding window")
+    if contiguous:
+        raise SlidingWindowError(f"rows may outgrow the {window}-token sliding window (a contiguous layout was asked)")
+    if max_new_tokens is not None:
+        longest = max(p.cache_len for p in prefixes) + max(len(t) for t in tails) + max_new_tokens
+        if longest > window:
+            raise SlidingWindowError(f"a row could reach {longest} tokens, past the {window}-token sliding window")
 
 
 class SharedPrefixAdapter(VLMAdapter):

@@ -197,9 +197,10 @@ def tiny_families():
     return pytest.importorskip("csr_testing.tiny_families")
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "gemma3", "idefics3"])
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl", "gemma3", "idefics3", "llava_onevision"])
 def test_families_give_node_batch_logits(family):
-    """Qwen's 3-D positions, Gemma 3's sliding-window layers (the window outlasts every row), Idefics3."""
+    """Qwen's 3-D positions, Gemma 3's sliding-window layers (the window outlasts every row), Idefics3, and
+    LLaVA-OneVision's Qwen2 decoder."""
     model, processor = tiny_families().build_tiny_vlm(family)
     vlm = VLMAdapter(model, processor)
     node, shared = node_batch_pair(vlm, max_new_tokens=len(STEPS))

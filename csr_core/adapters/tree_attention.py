@@ -146,9 +146,12 @@ def attend(query, keys, values, bias, scaling: float, softcap: float | None = No
 
 
 def merge(parts: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-    """Exact softmax over the union of disjoint key sets from each set's (output, log-sum-exp)."""
+    """Exact softmax attention over the union of disjoint key sets, from each set's (output, log-sum-exp)."""
     if len(parts) == 1:
         return parts[0][0]
+    if len(parts) == 2:
+        (first, first_lse), (second, second_lse) = parts
+        return torch.lerp(second, first, torch.sigmoid(first_lse - second_lse).to(first.dtype))
     weights = torch.softmax(torch.stack([lse for _, lse in parts]), dim=0)
     return (weights * torch.stack([out for out, _ in parts])).sum(0).to(parts[0][0].dtype)
 
@@ -352,7 +355,7 @@ class TreeCache(Cache):
             used = self.tail_width + (self.t + 1) * self.slots
             parts.append(grouped_attention(query, self.node_groups, layer.keys[:, :, :used],
                                            layer.values[:, :, :used], self._bias(group, q), scaling, softcap))
-        return merge(parts).view(rows, heads, q, d).transpose(1, 2)
+        return merge(parts).reshape(rows, heads, q, d).transpose(1, 2)
 
     def _bias(self, group: int, q: int) -> torch.Tensor:
         """The mask of the node part for query heads `group` per kv head (built once per forward)."""

@@ -2,8 +2,8 @@
 
 Both build the same trees (diversity off, one beam group, so transformers can run the baseline) with the same
 tree code; only the node expansion differs. Prints nodes per second for each and the ratio. `--engine` picks csr's
-batch: `node` (`NodeBatch`, every row with its own prefix copy) or `shared` (`tree_attention.PrefixSharedBatch`,
-prefixes stored once per prompt); `--engine node shared` times both.
+batch: `shared` (`tree_attention.PrefixSharedBatch`, prefixes stored once per prompt: the search's engine) or
+`node` (`NodeBatch`, every row with its own prefix copy: the engine before it); `--engine node shared` times both.
 
     python bench/tree_search.py                      # tiny LLaVA built from config
     python bench/tree_search.py --model-dir <data-dir>/world/models/vlm-base --threads 2
@@ -18,6 +18,7 @@ import argparse
 import json
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -27,13 +28,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 from shapes import LLAVA_SHAPES, build_shape
 
-from csr_core.adapters.tree_attention import SharedPrefixAdapter
 from csr_core.adapters.vlm import VLMAdapter
 from csr_core.tree import PromptInput, SearchConfig, build_trees, tree_signature
 from csr_testing.baselines import PerNodeGenerate
 
 DATASET = ROOT.parent / "shared" / "data" / "CSR-Prompt-Dataset-12k.json"
-ENGINES = {"node": VLMAdapter, "shared": SharedPrefixAdapter}
+ENGINES = {engine: partial(VLMAdapter, engine=engine) for engine in ("node", "shared")}
 FALLBACK_INSTRUCTIONS = ["Describe this image in detail.\n<image>", "<image>\nWhat is happening in this picture?"]
 
 
@@ -73,8 +73,8 @@ def main() -> None:
     parser.add_argument("--paper-search", action="store_true",
                         help="csr alone with the paper's 5 beams in 5 diverse groups (transformers has no baseline)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--engine", nargs="+", choices=ENGINES, default=["node"],
-                        help="csr's batch: node, shared, or both")
+    parser.add_argument("--engine", nargs="+", choices=ENGINES, default=["shared"],
+                        help="csr's batch: shared (the search's engine), node (NodeBatch, the one before), or both")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 

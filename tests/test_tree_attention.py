@@ -11,7 +11,6 @@ from csr_core.adapters.tree_attention import (
     TREE_ATTENTION,
     Groups,
     PrefixSharedBatch,
-    SharedPrefixAdapter,
     SlidingWindowError,
     TreeCache,
     attend,
@@ -181,14 +180,15 @@ def test_prefix_shared_batch_gives_node_batch_logits(tiny_vlm, kernel, max_new_t
 
 
 def test_shared_adapter_builds_the_same_trees(tiny_vlm):
-    shared = SharedPrefixAdapter(tiny_vlm.model, tiny_vlm.processor)
+    shared = VLMAdapter(tiny_vlm.model, tiny_vlm.processor)  # the shared-prefix engine, the search's default
+    node = VLMAdapter(tiny_vlm.model, tiny_vlm.processor, engine="node")
     gen = torch.Generator().manual_seed(0)
     prompts = [PromptInput(f"p{i}", Image.fromarray((torch.rand(24, 24, 3, generator=gen) * 255).byte().numpy()),
                            text) for i, text in enumerate(["<image>\ndescribe this image in detail", "what is it",
                                                            "<image>\nwhere is the dog"])]
     for cfg in (SearchConfig(num_token_beams=5, num_beam_groups=1, diversity_penalty=0.0, max_depth=3),
                 SearchConfig(max_depth=2, max_new_tokens=12, max_batch_nodes=4)):
-        ours, theirs = build_trees(shared, prompts, cfg), build_trees(tiny_vlm, prompts, cfg)
+        ours, theirs = build_trees(shared, prompts, cfg), build_trees(node, prompts, cfg)
         assert len(ours["p0"]) > 5
         assert all(tree_signature(ours[k]) == tree_signature(theirs[k]) for k in theirs)
 
@@ -216,9 +216,9 @@ def test_a_sliding_window_a_row_could_outgrow_is_refused_and_the_adapter_falls_b
         PrefixSharedBatch(model, [prefix], [[]], vlm.device, max_new_tokens=600)
     with pytest.raises(SlidingWindowError, match="contiguous"):
         PrefixSharedBatch(model, [prefix], [[]], vlm.device, contiguous=True)
-    shared = SharedPrefixAdapter(model, processor)
+    shared = VLMAdapter(model, processor)
     params = SearchConfig(max_new_tokens=600, max_response_tokens=900).beam_params
-    expected = vlm.search_sentences([prefix], [[]], [600], params)
+    expected = VLMAdapter(model, processor, engine="node").search_sentences([prefix], [[]], [600], params)
     assert shared.search_sentences([prefix], [[]], [600], params) == expected
 
 

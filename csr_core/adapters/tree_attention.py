@@ -45,9 +45,7 @@ import torch
 from transformers import AttentionInterface
 from transformers.cache_utils import Cache, CacheLayerMixin
 
-from csr_core.adapters.vlm import PrefixState, VLMAdapter, sliding_window
-from csr_core.beam_search import diverse_beam_search
-from csr_core.beams import Candidate
+from csr_core.adapters.vlm import PrefixState, sliding_window
 
 TREE_ATTENTION = "csr_tree"
 # torch's CPU flash-attention kernel, which also returns the log-sum-exp (None: the plain matmul path everywhere)
@@ -504,22 +502,3 @@ def _check_window(config, prefixes, tails, max_new_tokens, contiguous: bool) -> 
         longest = max(p.cache_len for p in prefixes) + max(len(t) for t in tails) + max_new_tokens
         if longest > window:
             raise SlidingWindowError(f"a row could reach {longest} tokens, past the {window}-token sliding window")
-
-
-class SharedPrefixAdapter(VLMAdapter):
-    """`VLMAdapter` whose sentence search decodes with `PrefixSharedBatch`, or with `NodeBatch` where a sliding
-    window could hide tokens (`SlidingWindowError`)."""
-
-    @torch.inference_mode()
-    def search_sentences(self, prefixes, responses, max_new_tokens, params) -> list[list[Candidate]]:
-        try:
-            batch = PrefixSharedBatch(self.model, prefixes, responses, self.device, mrope=self.family.mrope,
-                                      max_new_tokens=max(max_new_tokens))
-        except SlidingWindowError:
-            return super().search_sentences(prefixes, responses, max_new_tokens, params)
-        return diverse_beam_search(
-            batch.prefill(), batch.step, params,
-            stop_ids=sorted(self.delimiter_ids), eos_ids=sorted(self.eos_ids) if self.stop_at_eos else [],
-            max_new_tokens=max_new_tokens,
-            suppress_ids=sorted(self.suppress_ids), pad_id=self.tokenizer.pad_token_id,
-        )

@@ -6,10 +6,13 @@ prompt and reused; the tail (last prompt token + the node's response so far) is 
 out and `position_ids` keep every row's positions contiguous, so the holes change nothing. Qwen's multimodal
 RoPE numbers the text after an image from `rope_deltas` on, so a tail's positions start there.
 
-One layout is unsafe: a sliding-window attention layer measures distance in cache slots, not positions, so a
-hole inside the window would hide tokens it should see. When a batch could reach past the window, the rows are
-laid out `[padding | prefix_i | tail_i]` instead (each tail prefilled on its own prefix copy), which is exact
-for any window; the adapter logs when it does so. Which family does what is in `adapters/families.py`.
+The search runs on `tree_attention.PrefixSharedBatch`, which keeps each prompt's prefix KV once and each node's
+tail in a buffer written in place, over the same layout and positions. `NodeBatch` (a row per beam, each with
+its own copy of the prefix) stays for one case: a sliding-window attention layer measures distance in cache
+slots, not positions, so a hole inside the window would hide tokens it should see, and the shared-prefix engine
+does not apply windows. When a batch could reach past the window, `NodeBatch` lays its rows out
+`[padding | prefix_i | tail_i]` instead (each tail prefilled on its own prefix copy), which is exact for any
+window; the adapter logs when it does so. Which family does what is in `adapters/families.py`.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from csr_core.prompts import without_image_placeholder
 FALLBACK_TEMPLATE = "USER: <image>\n{text} ASSISTANT:"
 # processor outputs with one entry per token: a prefix drops their last column with the last token
 PER_TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids")
+ENGINES = ("shared", "node")  # tree_attention.PrefixSharedBatch, NodeBatch
 log = logging.getLogger("csr")
 
 
@@ -82,8 +86,11 @@ class VLMAdapter:
     "period" only at the tokenizer's "." token, as the paper's code does (its `--period_id 29889`)."""
 
     def __init__(self, model, processor, *, device: str = "cpu", delimiters: str = "suffix",
-                 stop_at_eos: bool = True):
+                 stop_at_eos: bool = True, engine: str = "shared"):
         self.family: Family = family_for(model.config.model_type)
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+        self.engine = engine  # "node": NodeBatch everywhere, the engine before tree_attention (benches, tests)
         self.model = model.eval()
         self.processor = processor
         self.tokenizer = processor.tokenizer
@@ -179,9 +186,15 @@ class VLMAdapter:
         params: BeamParams,
     ) -> list[list[Candidate]]:
         """Extend each (prefix, response-so-far) pair by one sentence with diverse beam search, in one batch."""
+        from csr_core.adapters.tree_attention import PrefixSharedBatch
+
         contiguous = self._needs_contiguous_rows(prefixes, responses, max_new_tokens)
-        batch = NodeBatch(self.model, prefixes, responses, self.device, mrope=self.family.mrope,
-                          contiguous=contiguous)
+        if contiguous or self.engine == "node":  # shared prefixes know no sliding window
+            batch = NodeBatch(self.model, prefixes, responses, self.device, mrope=self.family.mrope,
+                              contiguous=contiguous)
+        else:
+            batch = PrefixSharedBatch(self.model, prefixes, responses, self.device, mrope=self.family.mrope,
+                                      max_new_tokens=max(max_new_tokens, default=0))
         first_logits = batch.prefill()
         return diverse_beam_search(
             first_logits, batch.step, params,

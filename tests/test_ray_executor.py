@@ -4,16 +4,13 @@ address stops the run before any work."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
+from csr_testing.subprocess_runs import run_generate
 from csr_testing.workers import DiesOnceTreeWorker
 from flows.cli import main as csr
 from flows.config import load_config
@@ -106,27 +103,8 @@ def test_a_worker_sigkilled_mid_shard_loses_and_duplicates_nothing(tiny_run, tmp
     assert query_rows(cfg.db, "SELECT status, n_done FROM stages WHERE stage_key = ?", [killed]) == [("complete", 6)]
 
 
-GENERATE = textwrap.dedent("""
-    import sys
-    from flows.stages import generate_flow
-    generate_flow(config_files=[sys.argv[1]], overrides=sys.argv[2:])
-""")
-
-
 def _generate(run, extra, kill_after_commits: int | None = None) -> int:
-    env = {**os.environ, "PREFECT_LOGGING_LEVEL": "INFO", "PYTHONUNBUFFERED": "1"}
-    env.pop("PREFECT_API_URL", None)
-    proc = subprocess.Popen([sys.executable, "-c", GENERATE, *run["config_files"], *run["overrides"], *extra],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    commits = 0
-    for line in proc.stdout:
-        if "generate_candidates" in line and "committed" in line:
-            commits += 1
-            if kill_after_commits is not None and commits >= kill_after_commits:
-                proc.send_signal(signal.SIGKILL)
-                break
-    proc.wait(timeout=600)
-    return proc.returncode
+    return run_generate(run["config_files"], [*run["overrides"], *extra], kill_after_commits)
 
 
 def test_the_flow_sigkilled_mid_stage_resumes_from_its_committed_shards(tiny_run, tmp_path):

@@ -2,43 +2,19 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
+from csr_testing.subprocess_runs import run_generate
 from flows.cli import main as csr
 from flows.stages import calibrate_flow
 from storage.store import close_all, query_rows
 
 ROOT = Path(__file__).resolve().parent.parent
 
-GENERATE = textwrap.dedent("""
-    import sys
-    from flows.stages import generate_flow
-    generate_flow(config_files=[sys.argv[1]], overrides=sys.argv[2:])
-""")
-
-
-
 def _generate(run, extra, kill_after_commits: int | None = None) -> int:
-    """Run the generation flow in a subprocess; optionally SIGKILL it after N committed chunks."""
-    env = {**os.environ, "PREFECT_LOGGING_LEVEL": "INFO", "PYTHONUNBUFFERED": "1"}
-    env.pop("PREFECT_API_URL", None)
-    proc = subprocess.Popen([sys.executable, "-c", GENERATE, *run["config_files"], *run["overrides"], *extra],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    commits = 0
-    for line in proc.stdout:
-        if "generate_candidates" in line and "committed" in line:
-            commits += 1
-            if kill_after_commits is not None and commits >= kill_after_commits:
-                proc.send_signal(signal.SIGKILL)
-                break
-    proc.wait(timeout=600)
-    return proc.returncode
+    return run_generate(run["config_files"], [*run["overrides"], *extra], kill_after_commits)
 
 
 def test_sigkill_mid_generation_then_rerun_loses_and_duplicates_nothing(tiny_run, tmp_path):

@@ -45,7 +45,7 @@ import torch
 from transformers import AttentionInterface
 from transformers.cache_utils import Cache, CacheLayerMixin
 
-from csr_core.adapters.vlm import PrefixState, sliding_window
+from csr_core.adapters.vlm import PrefixState, pad_right, sliding_window
 
 TREE_ATTENTION = "csr_tree"
 # torch's CPU flash-attention kernel, which also returns the log-sum-exp (None: the plain matmul path everywhere)
@@ -406,17 +406,10 @@ def _renumbered(stored_at: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
 
 def _prefix_segment(kv: Sequence[tuple[torch.Tensor, torch.Tensor]], lengths, device) -> Segment:
     width = max(lengths)
-    keys = torch.cat([_pad_right(k, width) for k, _ in kv]) if len(kv) > 1 else kv[0][0]
-    values = torch.cat([_pad_right(v, width) for _, v in kv]) if len(kv) > 1 else kv[0][1]
+    keys = torch.cat([pad_right(k, width) for k, _ in kv]) if len(kv) > 1 else kv[0][0]
+    values = torch.cat([pad_right(v, width) for _, v in kv]) if len(kv) > 1 else kv[0][1]
     bias = pad_bias(lengths, width, keys.dtype, device) if width else None
     return Segment(keys.to(device), values.to(device), bias)
-
-
-def _pad_right(tensor: torch.Tensor, length: int) -> torch.Tensor:
-    missing = length - tensor.shape[-2]
-    if missing == 0:
-        return tensor
-    return torch.cat([tensor, tensor.new_zeros(tensor.shape[:-2] + (missing, tensor.shape[-1]))], dim=-2)
 
 
 def tree_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, *, csr_tree=None,

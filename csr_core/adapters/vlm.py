@@ -294,8 +294,8 @@ class NodeBatch:
         n = len(tails)
         kv = []
         for layer in range(len(self.prefixes[0].kv)):
-            keys = [_pad_right(p.kv[layer][0], cache_max) for p in self.prefixes]
-            values = [_pad_right(p.kv[layer][1], cache_max) for p in self.prefixes]
+            keys = [pad_right(p.kv[layer][0], cache_max) for p in self.prefixes]
+            values = [pad_right(p.kv[layer][1], cache_max) for p in self.prefixes]
             kv.append((torch.cat(keys), torch.cat(values)))
         self.cache = DynamicCache(ddp_cache_data=kv)
         input_ids = torch.zeros(n, tail_max, dtype=torch.long, device=self.device)
@@ -324,8 +324,8 @@ class NodeBatch:
         longest = max(lengths)
         kv = []
         for layer in range(len(row_kv[0])):
-            keys = [_pad_left(row[layer][0], longest) for row in row_kv]
-            values = [_pad_left(row[layer][1], longest) for row in row_kv]
+            keys = [pad_left(row[layer][0], longest) for row in row_kv]
+            values = [pad_left(row[layer][1], longest) for row in row_kv]
             kv.append((torch.cat(keys), torch.cat(values)))
         self.cache = DynamicCache(ddp_cache_data=kv)
         self.mask = torch.zeros(len(tails), longest, dtype=torch.long, device=self.device)
@@ -383,20 +383,21 @@ def _output_cache(out):
     return cache if cache is not None else out.past_key_values
 
 
-def _pad_right(tensor: torch.Tensor, length: int) -> torch.Tensor:
+def pad_right(tensor: torch.Tensor, length: int) -> torch.Tensor:
+    return pad_sequence(tensor, length, right=True)
+
+
+def pad_left(tensor: torch.Tensor, length: int) -> torch.Tensor:
+    return pad_sequence(tensor, length, right=False)
+
+
+def pad_sequence(tensor: torch.Tensor, length: int, *, right: bool) -> torch.Tensor:
+    """Zeros along the sequence axis (-2) up to `length`."""
     missing = length - tensor.shape[-2]
     if missing == 0:
         return tensor
     pad = tensor.new_zeros(tensor.shape[:-2] + (missing, tensor.shape[-1]))
-    return torch.cat([tensor, pad], dim=-2)
-
-
-def _pad_left(tensor: torch.Tensor, length: int) -> torch.Tensor:
-    missing = length - tensor.shape[-2]
-    if missing == 0:
-        return tensor
-    pad = tensor.new_zeros(tensor.shape[:-2] + (missing, tensor.shape[-1]))
-    return torch.cat([pad, tensor], dim=-2)
+    return torch.cat([tensor, pad] if right else [pad, tensor], dim=-2)
 
 
 def delimiter_token_ids(tokenizer, delimiter: str = ".") -> list[int]:

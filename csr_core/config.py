@@ -6,6 +6,7 @@ Every field is a plain JSON type so a config can be hashed into a stage key and 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from csr_core.metrics import POPE_SPLITS
@@ -155,6 +156,13 @@ class RuntimeConfig:
     # so the global batch is dpo.batch_size whatever N; "" plain DDP, a shipped name or an accelerate config file
     dpo_processes: int = 1
     accelerate_config: str = ""
+    # generation: GiB (2^30 bytes) of KV cache the sentence search may hold. 0: decode each step's live nodes in
+    # batches of search.max_batch_nodes, all of a chunk's prompts in flight at once. > 0: a chunk's prompts enter
+    # the search in waves, as many as their prefixes and node tails fit, and each step's live nodes decode in
+    # batches packed to the budget (the adapter's byte count of the shared-prefix engine); trees are the same.
+    # The budget, not chunk_size, then bounds the prompts in flight: raise chunk_size (e.g. 256 on a GPU), which
+    # stays the commit and Ray shard unit. KV only: weights and activations need their own headroom.
+    kv_budget_gb: float = 0.0
 
     def __post_init__(self):
         require_choice(self.device, "device", DEVICES)
@@ -163,6 +171,8 @@ class RuntimeConfig:
         require_choice(self.executor, "executor", EXECUTORS)
         require(self.workers >= 1, "workers", f"must be >= 1, got {self.workers}")
         require(self.gpus_per_worker >= 0, "gpus_per_worker", f"must be >= 0, got {self.gpus_per_worker}")
+        require(math.isfinite(self.kv_budget_gb) and self.kv_budget_gb >= 0, "kv_budget_gb",
+                f"must be >= 0, got {self.kv_budget_gb:g}")
         require(self.dpo_processes >= 1, "dpo_processes", f"must be >= 1, got {self.dpo_processes}")
         require(self.accelerate_config in ("", *ACCELERATE_CONFIGS)
                 or self.accelerate_config.endswith(ACCELERATE_CONFIG_SUFFIXES), "accelerate_config",
@@ -172,3 +182,8 @@ class RuntimeConfig:
         require(self.dpo_processes > 1 or not self.accelerate_config, "accelerate_config",
                 f"{self.accelerate_config!r} needs runtime.dpo_processes > 1 (one process trains without "
                 "accelerate launch)")
+
+    @property
+    def kv_budget_bytes(self) -> int | None:
+        """`kv_budget_gb` in bytes; None when there is no budget."""
+        return int(self.kv_budget_gb * 2**30) or None

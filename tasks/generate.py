@@ -51,6 +51,7 @@ class TreeWorker:
     def __init__(self, model_dir: str, model_cfg: ModelConfig, runtime: RuntimeConfig, search: SearchConfig,
                  reward: RewardConfig, relevance_dir: str = ""):
         self.search, self.reward = search, reward
+        self.kv_budget_bytes = runtime.kv_budget_bytes  # a speed setting: trees are the same, keys too
         self.vlm = load_vlm(model_dir, model_cfg, runtime, search.delimiters, search.stop_at_eos)
         self.clip = load_relevance(relevance_dir, runtime) if search.prune_by == "calibrated" else None
 
@@ -59,7 +60,8 @@ class TreeWorker:
         inputs, too_long = _fitting_context(self.vlm, inputs, self.search.max_response_tokens)
         failed.update(too_long)
         relevance = _relevance_fn(self.clip, inputs)
-        trees = build_trees(self.vlm, inputs, self.search, relevance=relevance, reward_cfg=self.reward)
+        trees = build_trees(self.vlm, inputs, self.search, relevance=relevance, reward_cfg=self.reward,
+                            kv_budget_bytes=self.kv_budget_bytes)
         rows = [{"prompt_id": pid, **_node_row(node)} for pid, nodes in trees.items() for node in nodes]
         return ChunkResult(pd.DataFrame(rows, columns=NODE_COLUMNS), [p.prompt_id for p in inputs], failed)
 

@@ -203,13 +203,47 @@ class VLMAdapter:
             suppress_ids=sorted(self.suppress_ids), pad_id=self.tokenizer.pad_token_id,
         )
 
-    def _needs_contiguous_rows(self, prefixes, responses, max_new_tokens) -> bool:
-        """True when a row's cache slots could span more than the sliding window (see the module docstring)."""
+    def prefix_kv_bytes(self, prefix: PrefixState) -> int:
+        """Bytes of a prompt's prefix KV (what the search holds for each prompt in flight)."""
+        return sum(keys.nbytes + values.nbytes for keys, values in prefix.kv)
+
+    def batch_kv_bytes(self, prefixes: Sequence[PrefixState], responses: Sequence[Sequence[int]],
+                       max_new_tokens: Sequence[int], params: BeamParams) -> int:
+        """KV bytes `search_sentences` allocates for this batch, on top of the prefixes it is given.
+
+        `PrefixSharedBatch` (exact, from the first decode step on, while no node's search has ended): its distinct
+        prompts' prefixes copied into one tensor right-padded to the longest (no copy for a single prompt), and
+        per node a buffer of the longest tail (last prompt token + response) plus `num_beams` slots of
+        `max(max_new_tokens, MIN_BEAM_COLUMNS)` columns, which never needs to grow. Nodes whose search ends are
+        dropped as it goes, so the count bounds the batch from above. `NodeBatch` (engine "node", or a batch a
+        sliding window makes contiguous): an upper bound, every beam row holding the longest prefix, the
+        longest tail and all its new tokens. Grows with the batch, as `build_trees` needs to pack batches.
+        """
+        from csr_core.adapters.tree_attention import MIN_BEAM_COLUMNS
+
+        token = _token_kv_bytes(prefixes[0])
+        tail = 1 + max(len(r) for r in responses)
+        new_tokens = max(max_new_tokens, default=0)
+        longest_prefix = max(p.cache_len for p in prefixes)
+        if self.engine == "node" or self._longest_row(prefixes, responses, max_new_tokens) is not None:
+            return len(prefixes) * params.num_beams * (longest_prefix + tail + new_tokens) * token
+        prompts = len({id(p) for p in prefixes})
+        copied = prompts * longest_prefix if prompts > 1 else 0
+        nodes = len(prefixes) * (tail + params.num_beams * max(new_tokens, MIN_BEAM_COLUMNS))
+        return (copied + nodes) * token
+
+    def _longest_row(self, prefixes, responses, max_new_tokens) -> int | None:
+        """The cache slots a row could span when that is more than the sliding window; else None."""
         if self.sliding_window is None:
-            return False
+            return None
         longest = (max(p.cache_len for p in prefixes) + max(len(r) for r in responses) + 1
                    + max(max_new_tokens, default=0))
-        if longest <= self.sliding_window:
+        return longest if longest > self.sliding_window else None
+
+    def _needs_contiguous_rows(self, prefixes, responses, max_new_tokens) -> bool:
+        """True when a row's cache slots could span more than the sliding window (see the module docstring)."""
+        longest = self._longest_row(prefixes, responses, max_new_tokens)
+        if longest is None:
             return False
         if not self._said_contiguous:
             log.warning("%s: a batch of the search reaches %d cache slots, past the %d-token sliding window; "
@@ -371,6 +405,11 @@ def sliding_window(config) -> int | None:
     if layer_types is not None:
         return int(window) if "sliding_attention" in layer_types else None
     return int(window) if getattr(text, "use_sliding_window", True) else None
+
+
+def _token_kv_bytes(prefix: PrefixState) -> int:
+    """Keys and values of one token in every layer, from a prefix's tensors (layer: (1, kv_heads, L, head_dim))."""
+    return sum(t.shape[1] * t.shape[-1] * t.element_size() for layer in prefix.kv for t in layer)
 
 
 def _cache_kwarg(model) -> str:

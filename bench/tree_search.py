@@ -67,6 +67,8 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=70)
     parser.add_argument("--max-depth", type=int, default=4)
     parser.add_argument("--max-response-tokens", type=int, default=400)
+    parser.add_argument("--max-batch-nodes", type=int, default=SearchConfig.max_batch_nodes,
+                        help="live nodes a forward (the search's default: 64)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default=None)
@@ -92,6 +94,7 @@ def main() -> None:
     cfg = SearchConfig(
         num_token_beams=args.num_beams, num_beam_groups=groups, diversity_penalty=diversity,
         max_new_tokens=args.max_new_tokens, max_depth=args.max_depth, max_response_tokens=args.max_response_tokens,
+        max_batch_nodes=args.max_batch_nodes,
     )
     prompts = load_prompts(args.num_prompts, args.seed)
     warm_up = SearchConfig(**{**cfg.__dict__, "max_depth": 1})

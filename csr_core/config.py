@@ -46,7 +46,8 @@ class PromptConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The VLM to improve: "world" or a local `save_pretrained` directory of a LLaVA-family model."""
+    """The VLM to improve: "world" or a local `save_pretrained` directory of a supported family
+    (`csr_core/adapters/families.py`)."""
 
     path: str = WORLD
     dtype: str = "float32"

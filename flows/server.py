@@ -86,6 +86,7 @@ def temporary_server() -> Iterator[str]:
             with temporary_settings(updates={PREFECT_API_URL: url}):
                 yield url
         finally:
+            _send_queued_logs()
             os.environ.pop("PREFECT_API_URL", None)
             _stop(process)
 
@@ -135,6 +136,16 @@ def _wait_healthy(process: subprocess.Popen, url: str, timeout_s: float, log) ->
     state = f"exited with code {process.returncode}" if process.poll() is not None else f"not up after {timeout_s:g} s"
     raise PrefectUnavailable(f"the temporary Prefect server {state}{': ' + tail if tail else ''}; raise "
                              "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS or set PREFECT_API_URL")
+
+
+def _send_queued_logs(timeout_s: float = 10.0) -> None:
+    """Run logs Prefect still holds for the API go out while the temporary server can take them (stopped first,
+    it would leave them to fail at exit with "Error logging to API")."""
+    if "prefect.logging.handlers" not in sys.modules:
+        return
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=timeout_s)
 
 
 def _stop(process: subprocess.Popen) -> None:

@@ -127,6 +127,28 @@ def _alive(pid: int) -> bool:
         return False
 
 
+LOGS_TO_THE_END = textwrap.dedent("""
+    from prefect import flow, get_run_logger
+    from flows.server import prefect_api
+
+    @flow
+    def chatty():
+        for i in range(300):
+            get_run_logger().info("line %d %s", i, "x" * 200)
+
+    with prefect_api():
+        chatty()
+""")
+
+
+def test_a_temporary_server_takes_the_last_logs_before_it_stops():
+    env = {**{k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}, "PREFECT_LOGGING_LEVEL": "INFO"}
+    done = subprocess.run([sys.executable, "-c", LOGS_TO_THE_END], env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "line 299" in done.stderr and "Error logging to API" not in done.stderr
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
 def test_a_killed_run_leaves_no_prefect_server(finished, tmp_path, sig):
